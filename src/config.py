@@ -1,0 +1,470 @@
+"""Typed configuration: one YAML per dataset/profile, loaded into dataclasses.
+
+Every stage reads the same `Config`. Unknown or misspelled keys are an error that names
+the key and the file, because a silently ignored typo (``lerning_rate``) would make a
+researcher believe they ran a setting they did not. Every output path is derived from
+``paths.root`` so that swapping the dataset means editing one file.
+
+Each stage owns one section; add a field to that section's dataclass (with a default and
+a comment) and to the YAML files, nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+#: repository root (parent of this package); relative paths in configs resolve against it
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is wrong; the message names the file and key."""
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass
+class PathsConfig:
+    #: all outputs of one dataset; "{name}" is replaced by dataset.name
+    root: str = "outputs/{name}"
+    #: raw downloads, shared by every config (git-ignored)
+    raw_dir: str = "raw"
+    #: converted/downloaded models, shared by every config (git-ignored)
+    models_dir: str = "models"
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "ml100k"
+    #: movielens | amazon | steam
+    source: str = "movielens"
+    #: folder under paths.raw_dir holding this dataset's raw files
+    raw_subdir: str = "ml-100k"
+    #: raw file names inside raw_subdir, by role (e.g. inter/item, reviews/meta, reviews/games)
+    files: dict[str, str] = field(default_factory=dict)
+    #: seed for user sampling
+    seed: int = 2024
+    #: drop interactions whose item has no (non-empty) title
+    require_title: bool = True
+    #: keep only the first (user, item) interaction
+    dedup: bool = True
+    #: iterative k-core before the top-N cut (0 = off)
+    kcore: int = 5
+    #: keep the N most frequent items (0 = all)
+    top_n_items: int = 0
+    #: keep users with at least this many interactions on the kept items (0 = off)
+    min_user_inters: int = 0
+    #: sample this many users, seeded (0 = all)
+    sample_users: int = 0
+    #: k-core again after sampling (0 = off)
+    final_kcore: int = 5
+    #: strip punctuation from text fields
+    strip_punct: bool = False
+    #: MovieLens only: interactions with rating below this are dropped (0 = keep all)
+    min_rating: float = 0.0
+
+
+@dataclass
+class KDConfig:
+    """KD-SASRec student (EMKD-style score distillation)."""
+
+    enabled: bool = True
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    temperature: float = 1.0
+    epochs: int = 20
+    lr: float = 1.0e-3
+
+
+@dataclass
+class RecModelConfig:
+    #: sasrec | mf
+    model: str = "sasrec"
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    inner_size: int = 256
+    #: gelu | relu | swish
+    hidden_act: str = "gelu"
+    hidden_dropout: float = 0.2
+    attn_dropout: float = 0.2
+    max_seq_len: int = 50
+    #: ce (full softmax) | bce (sampled negatives)
+    loss: str = "ce"
+    num_negatives: int = 1
+    lr: float = 1.0e-3
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    epochs: int = 100
+    #: early stop after this many epochs without valid NDCG@10 gain
+    patience: int = 5
+    eval_ks: list[int] = field(default_factory=lambda: [5, 10, 20])
+    #: cpu | cuda | auto
+    device: str = "auto"
+    #: length of the exported "top" list
+    export_topk: int = 20
+    #: cap on exported train rows per user (most recent positions first)
+    export_train_cap: int = 10
+    #: similar items kept per item in item_sim.json
+    sim_topk: int = 10
+    #: share of items above which a score counts as positive for task 3 (paper: top 20%)
+    pos_cut: float = 0.2
+    #: share of items below which a score counts as negative for task 3 (paper: bottom 50%)
+    neg_cut: float = 0.5
+    kd: KDConfig = field(default_factory=KDConfig)
+
+
+@dataclass
+class DataGenConfig:
+    seed: int = 2024
+    #: cap on train samples per user for tasks 1/2 (most recent positions first)
+    train_cap_per_user: int = 10
+    #: max history titles shown in a prompt (most recent)
+    max_hist_len: int = 9
+    #: similar items per item in iid2sim
+    num_sim: int = 3
+    #: ShareGPT json file (relative to paths.raw_dir); empty = task 5 skipped
+    sharegpt_file: str = ""
+    sharegpt_train: int = 10000
+    sharegpt_valid: int = 1000
+    #: max characters of a ShareGPT first turn kept
+    sharegpt_max_chars: int = 2000
+    #: users sampled for explanation prompts per split (paper: 500 valid / 2000 train)
+    explan_valid_users: int = 500
+    explan_train_users: int = 2000
+    #: ask the API for per-user preference summaries (uid2summary); needs api.base_url/model
+    summaries: bool = True
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = True
+    r: int = 8
+    alpha: int = 32
+    dropout: float = 0.1
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    modules_to_save: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LLMConfig:
+    #: tiny | smollm2-135m-instruct | any HF path (e.g. lmsys/vicuna-7b-v1.3)
+    base_model: str = "models/smollm2-135m-instruct"
+    #: auto (tokenizer's chat template, else vicuna) | vicuna
+    chat_format: str = "auto"
+    max_length: int = 1024
+    #: float32 | bfloat16 | float16 (weights' dtype when loading)
+    torch_dtype: str = "float32"
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    #: tiny profile only: architecture of the LLaMA built from a config
+    tiny_hidden_size: int = 64
+    tiny_layers: int = 2
+    tiny_heads: int = 4
+    tiny_vocab_size: int = 2000
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 1.0
+    lr: float = 1.0e-4
+    warmup_ratio: float = 0.1
+    per_device_batch_size: int = 8
+    grad_accum: int = 1
+    eval_steps: int = 200
+    save_steps: int = 200
+    logging_steps: int = 10
+    bf16: bool = False
+    fp16: bool = False
+    gradient_checkpointing: bool = False
+    group_by_length: bool = True
+    #: path of a DeepSpeed json (e.g. configs/deepspeed/zero2.json); empty = none
+    deepspeed: str = ""
+    #: cap on training / eval samples (0 = all); keeps CPU runs inside their budget
+    max_train_samples: int = 0
+    max_eval_samples: int = 0
+    seed: int = 42
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 8
+    num_beams: int = 5
+    max_new_tokens: int = 64
+    #: cap on samples per inference mode (0 = all)
+    max_samples: int = 0
+    #: in-context examples for the ICL baseline
+    icl_examples: int = 2
+    #: also report title-constrained decoding for uid2next
+    constrained: bool = True
+
+
+@dataclass
+class ExplainConfig:
+    max_new_tokens: int = 256
+    batch_size: int = 4
+    #: cap on explanation prompts per split (0 = all)
+    max_samples: int = 0
+    #: optional aspect instruction for controllable explanations (empty = none)
+    aspect: str = ""
+    #: judge retries for unparseable ratings
+    judge_retries: int = 3
+
+
+@dataclass
+class APIConfig:
+    """One OpenAI-compatible endpoint family (OpenAI, Azure OpenAI, vLLM, ...).
+
+    Keys are read from environment variables, never from the YAML, so configs can be
+    committed and shared.
+    """
+
+    #: openai | azure
+    api_type: str = "openai"
+    #: base URL (empty = OpenAI's default for api_type openai); env OPENAI_API_BASE wins
+    base_url: str = ""
+    #: model / Azure deployment name; env ENGINE wins
+    model: str = ""
+    api_version: str = "2024-02-01"
+    max_concurrency: int = 4
+    max_retries: int = 6
+    timeout_s: float = 60.0
+    temperature: float = 0.0
+    max_tokens: int = 512
+
+
+@dataclass
+class DiscriminatorConfig:
+    #: BERT-family encoder path (default: all-MiniLM-L6-v2 from the fetch stage)
+    encoder: str = "models/all-minilm-l6-v2"
+    max_length: int = 256
+    epochs: float = 3.0
+    lr: float = 5.0e-5
+    batch_size: int = 16
+    test_ratio: float = 0.2
+    #: explanations per method for the classifier (paper: 2500)
+    per_method: int = 2500
+    seed: int = 42
+
+
+@dataclass
+class Config:
+    #: name of the profile (tiny | ml100k | paper); informative
+    profile: str = "ml100k"
+    seed: int = 42
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    recmodel: RecModelConfig = field(default_factory=RecModelConfig)
+    data_gen: DataGenConfig = field(default_factory=DataGenConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
+    api: APIConfig = field(default_factory=APIConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    #: file this config was loaded from (set by load_config)
+    source_file: str = ""
+
+    # ------------------------------------------------------------------ derived paths
+    def resolve(self, p: str | Path) -> Path:
+        """A config path: absolute stays, relative is taken from the repository root."""
+        p = Path(p)
+        return p if p.is_absolute() else REPO_ROOT / p
+
+    @property
+    def root(self) -> Path:
+        return self.resolve(self.paths.root.format(name=self.dataset.name))
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.resolve(self.paths.raw_dir)
+
+    @property
+    def dataset_raw_dir(self) -> Path:
+        return self.raw_dir / self.dataset.raw_subdir
+
+    @property
+    def models_dir(self) -> Path:
+        return self.resolve(self.paths.models_dir)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def recmodel_dir(self) -> Path:
+        return self.root / "recmodel"
+
+    @property
+    def tasks_dir(self) -> Path:
+        return self.root / "tasks"
+
+    @property
+    def llm_dir(self) -> Path:
+        return self.root / "llm"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def explain_dir(self) -> Path:
+        return self.root / "explain"
+
+    @property
+    def judge_dir(self) -> Path:
+        return self.root / "judge"
+
+    @property
+    def discriminator_dir(self) -> Path:
+        return self.root / "discriminator"
+
+    @property
+    def tables_dir(self) -> Path:
+        return self.root / "tables"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / "cache"
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _build(cls: type, data: Any, where: str, src: str) -> Any:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys by name."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{src}: '{where or 'top level'}' must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise ConfigError(f"{src}: unknown config key '{key}' (known keys here: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}" if where else name, src)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, where: str, src: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value or {}, where, src)
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(args[0], value, where, src)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{src}: '{where}' must be a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        return [_coerce(item_tp, v, where, src) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{src}: '{where}' must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{src}: '{where}' must be true/false, got {value!r}")
+    if tp in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            try:
+                value = tp(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{src}: '{where}' must be a number, got {value!r}") from None
+        if tp is int and isinstance(value, float):
+            if not value.is_integer():
+                raise ConfigError(f"{src}: '{where}' must be an integer, got {value!r}")
+            value = int(value)
+        return tp(value)
+    if tp is str:
+        if value is None:
+            return ""
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{src}: '{where}' must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{dotted}': '{p}' is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config, apply ``key.sub=value`` overrides, and validate every key.
+
+    A YAML may start with ``base: other.yaml`` (relative to itself) to inherit from another
+    config; its own keys then override the base's section by section.
+    """
+    path = Path(path)
+    if not path.is_file():
+        alt = REPO_ROOT / path
+        if not alt.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        path = alt
+    data = _read_yaml(path)
+    for ov in overrides or []:
+        if "=" not in ov:
+            raise ConfigError(f"override '{ov}' must look like key.sub=value")
+        key, raw = ov.split("=", 1)
+        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+    cfg = _build(Config, data, "", str(path))
+    cfg.source_file = str(path)
+    return cfg
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    if path in seen:
+        raise ConfigError(f"{path}: circular 'base:' chain")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    base = data.pop("base", None)
+    if base:
+        base_path = (path.parent / base).resolve()
+        if not base_path.is_file():
+            raise ConfigError(f"{path}: base config '{base}' not found at {base_path}")
+        data = _merge(_read_yaml(base_path, seen + (path,)), data)
+    return data
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """The flags every stage shares."""
+    parser.add_argument("--config", default="configs/ml100k.yaml", help="YAML config (default: %(default)s)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.epochs=2 (repeatable)",
+    )
+    parser.add_argument("--force", action="store_true", help="redo work whose outputs already exist")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    return load_config(args.config, args.overrides)

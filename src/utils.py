@@ -1,0 +1,218 @@
+"""Small helpers every stage shares: atomic writes, strict JSON(L) reading, logging, seeds.
+
+Atomic writes (temp file in the same folder + ``os.replace``) are what make every stage
+safely re-runnable: a killed stage never leaves a half-written file that a later stage
+would take for a finished one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, IO
+
+import numpy as np
+
+
+class StageError(RuntimeError):
+    """A stage cannot go on: bad or missing input. The message says which file and why."""
+
+
+# --------------------------------------------------------------------------- logging
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Plain timestamped logging to stderr, once per process."""
+    root = logging.getLogger()
+    if getattr(setup_logging, "_done", False):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root.addHandler(handler)
+    root.setLevel(level)
+    setup_logging._done = True  # type: ignore[attr-defined]
+
+
+def set_seed(seed: int) -> None:
+    """Seed python, numpy and torch (if importable) in one call."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:  # pragma: no cover - torch is a hard dependency in practice
+        pass
+
+
+# --------------------------------------------------------------------------- atomic IO
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+    """Open a temp file next to `path`; rename it over `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with open(tmp, mode, encoding=None if "b" in mode else encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_open(path) as f:
+        f.write(text)
+
+
+def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
+    with atomic_open(path) as f:
+        json.dump(obj, f, ensure_ascii=False, indent=indent)
+        f.write("\n")
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
+    n = 0
+    with atomic_open(path) as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def read_json(path: str | Path, what: str = "") -> Any:
+    """Read a JSON file; a missing or malformed file is a StageError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise StageError(f"missing {what or 'file'}: {path}" + _hint(path))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise StageError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+
+
+def iter_jsonl(path: str | Path, what: str = "") -> Iterator[dict]:
+    """Yield JSON objects from a .jsonl file; a malformed line is a StageError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise StageError(f"missing {what or 'file'}: {path}" + _hint(path))
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise StageError(f"{path}:{lineno}: malformed JSON line ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise StageError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield obj
+
+
+def read_jsonl(path: str | Path, what: str = "") -> list[dict]:
+    return list(iter_jsonl(path, what))
+
+
+class JsonlAppender:
+    """Append rows to a .jsonl as they complete, so an interrupted loop can resume.
+
+    On open, rows already present are read back (a torn last line from a kill is dropped
+    and the file truncated to the last complete row), and `done` holds their keys.
+    """
+
+    def __init__(self, path: str | Path, key: str = "id") -> None:
+        self.path = Path(path)
+        self.key = key
+        self.rows: list[dict] = []
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            good = 0
+            with open(self.path, "rb") as f:
+                data = f.read()
+            for line in data.splitlines(keepends=True):
+                if not line.endswith(b"\n"):
+                    break
+                try:
+                    self.rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break
+                good += len(line)
+            if good != len(data):
+                with open(self.path, "r+b") as f:
+                    f.truncate(good)
+        self.done = {r.get(key) for r in self.rows}
+        self._f = open(self.path, "a", encoding="utf-8")
+
+    def append(self, row: dict) -> None:
+        self._f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._f.flush()
+        self.rows.append(row)
+        self.done.add(row.get(self.key))
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "JsonlAppender":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _hint(path: Path) -> str:
+    """Name the stage that writes a missing output, so the user knows what to run."""
+    parts = path.parts
+    producers = {
+        "data": "python -m preprocess (bash shell/preprocess_recmodel.sh)",
+        "recmodel": "python -m recmodel.train / recmodel.infer (bash shell/recmodel_train.sh, recmodel_infer.sh)",
+        "tasks": "python -m data_gen (bash shell/recexplainer_data_pipeline.sh)",
+        "llm": "python -m src.train (bash shell/train.sh)",
+        "explain": "python -m src.infer_explan (bash shell/infer_explan.sh)",
+    }
+    for key, cmd in producers.items():
+        if key in parts:
+            return f" (written by {cmd}; run that stage first)"
+    return ""
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def outputs_exist(*paths: str | Path) -> bool:
+    return all(Path(p).exists() for p in paths)
+
+
+@contextlib.contextmanager
+def timed(log: logging.Logger, what: str) -> Iterator[None]:
+    t0 = time.time()
+    yield
+    log.info("%s took %.1fs", what, time.time() - t0)
+
+
+def resolve_device(name: str = "auto") -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
