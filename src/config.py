@@ -257,6 +257,23 @@ class DiscriminatorConfig:
 
 
 @dataclass
+class PipelineConfig:
+    """What `shell/run_all.sh` runs; each list names methods of the paper's tables."""
+
+    #: RecExplainer variants to train (B, I, H)
+    train_types: list[str] = field(default_factory=lambda: ["behaviour", "intention", "both"])
+    #: Table 1 LLM methods: none (base LLM), none_icl, gpt4_icl (needs an API), behaviour, intention, both
+    align_methods: list[str] = field(
+        default_factory=lambda: ["none", "none_icl", "gpt4_icl", "behaviour", "intention", "both"]
+    )
+    align_modes: list[str] = field(default_factory=lambda: ["uid2next", "uidiid2rank", "uidiid2binary", "uid2hist"])
+    #: explanation generators: none (base LLM), behaviour, intention, both, chatgpt (needs an API)
+    explain_methods: list[str] = field(default_factory=lambda: ["none", "behaviour", "intention", "both", "chatgpt"])
+    #: valid feeds Table 2; train feeds the discriminator and score predictor
+    explain_splits: list[str] = field(default_factory=lambda: ["valid", "train"])
+
+
+@dataclass
 class Config:
     #: name of the profile (tiny | ml100k | paper); informative
     profile: str = "ml100k"
@@ -271,6 +288,7 @@ class Config:
     explain: ExplainConfig = field(default_factory=ExplainConfig)
     api: APIConfig = field(default_factory=APIConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     #: file this config was loaded from (set by load_config)
     source_file: str = ""
 

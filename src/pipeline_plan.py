@@ -1,0 +1,93 @@
+"""Turn a config's `pipeline` section into the stage list that `shell/run_all.sh` runs.
+
+Printed as shell assignments (`eval "$(python -m src.pipeline_plan --config X)"`) so that
+the shell script stays a flat, readable list of stages while the decisions (which methods
+apply to which task, whether an API endpoint is there) live in one tested Python place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+
+from src.config import Config, ConfigError, add_config_args, config_from_args
+
+log = logging.getLogger(__name__)
+
+#: methods whose prompts carry recommender embeddings; only they can do task 6 (uid2hist)
+EMBEDDING_METHODS = {"intention", "both"}
+#: methods that need an OpenAI-compatible endpoint
+API_METHODS = {"gpt4_icl", "chatgpt"}
+KNOWN_TRAIN = {"behaviour", "intention", "both"}
+KNOWN_ALIGN = {"none", "none_icl", "gpt4_icl"} | KNOWN_TRAIN
+KNOWN_EXPLAIN = {"none", "chatgpt"} | KNOWN_TRAIN
+
+
+def api_available(cfg: Config) -> bool:
+    from src.api_client import ChatClient
+
+    return ChatClient.available(cfg)
+
+
+def plan(cfg: Config, api: bool | None = None) -> dict[str, list[str]]:
+    """Stages to run: train types, alignment runs (method:mode[:flag]), explanation runs."""
+    p = cfg.pipeline
+    for key, values, known in (
+        ("pipeline.train_types", p.train_types, KNOWN_TRAIN),
+        ("pipeline.align_methods", p.align_methods, KNOWN_ALIGN),
+        ("pipeline.explain_methods", p.explain_methods, KNOWN_EXPLAIN),
+    ):
+        bad = [v for v in values if v not in known]
+        if bad:
+            raise ConfigError(f"{cfg.source_file}: '{key}' has unknown method {bad[0]!r}; known: {sorted(known)}")
+    if api is None:
+        api = api_available(cfg)
+    trained = set(p.train_types)
+
+    def runnable(method: str) -> bool:
+        if method in API_METHODS and not api:
+            log.info("skipping %s: no OpenAI-compatible endpoint configured (see README, 'API endpoint')", method)
+            return False
+        if method in KNOWN_TRAIN and method not in trained:
+            log.info("skipping %s: not in pipeline.train_types", method)
+            return False
+        return True
+
+    align: list[str] = []
+    for method in p.align_methods:
+        if not runnable(method):
+            continue
+        for mode in p.align_modes:
+            if mode == "uid2hist" and method not in EMBEDDING_METHODS:
+                continue  # N/A in Table 1: no user embedding to reconstruct from
+            if method == "none_icl":
+                align.append(f"none:{mode}:icl")
+            elif method == "gpt4_icl":
+                align.append(f"gpt4:{mode}:icl")
+            else:
+                align.append(f"{method}:{mode}")
+    explain = [f"{m}:{s}" for m in p.explain_methods if runnable(m) for s in p.explain_splits]
+    return {"TRAIN_TYPES": list(p.train_types), "ALIGN_RUNS": align, "EXPLAIN_RUNS": explain}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_config_args(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="[plan] %(message)s")
+    try:
+        cfg = config_from_args(args)
+        stages = plan(cfg)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"ROOT={shlex.quote(str(cfg.root))}")
+    for name, values in stages.items():
+        print(f"{name}={shlex.quote(' '.join(values))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

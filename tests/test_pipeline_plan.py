@@ -1,0 +1,34 @@
+"""The run_all stage plan: which methods run on which tasks."""
+
+import pytest
+
+from src.config import ConfigError, load_config
+from src.pipeline_plan import plan
+
+
+def test_plan_without_api_skips_api_methods_and_task6_for_text_only_methods():
+    cfg = load_config("configs/tiny.yaml")
+    p = plan(cfg, api=False)
+    assert p["TRAIN_TYPES"] == ["behaviour", "intention", "both"]
+    assert not any(r.startswith("gpt4") for r in p["ALIGN_RUNS"])
+    assert not any(r.startswith("chatgpt") for r in p["EXPLAIN_RUNS"])
+    hist = {r.split(":")[0] for r in p["ALIGN_RUNS"] if ":uid2hist" in r}
+    assert hist == {"intention", "both"}
+    assert "none:uid2next:icl" in p["ALIGN_RUNS"]
+    assert "both:valid" in p["EXPLAIN_RUNS"] and "none:train" in p["EXPLAIN_RUNS"]
+
+
+def test_plan_with_api_adds_gpt4_and_chatgpt():
+    cfg = load_config("configs/tiny.yaml")
+    p = plan(cfg, api=True)
+    assert "gpt4:uidiid2binary:icl" in p["ALIGN_RUNS"]
+    assert "chatgpt:valid" in p["EXPLAIN_RUNS"]
+
+
+def test_plan_drops_untrained_variants_and_rejects_unknown_methods():
+    cfg = load_config("configs/tiny.yaml", ["pipeline.train_types=[both]"])
+    p = plan(cfg, api=False)
+    assert not any(r.startswith(("behaviour", "intention")) for r in p["ALIGN_RUNS"] + p["EXPLAIN_RUNS"])
+    cfg = load_config("configs/tiny.yaml", ["pipeline.align_methods=[bogus]"])
+    with pytest.raises(ConfigError, match="bogus"):
+        plan(cfg, api=False)
