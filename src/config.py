@@ -71,6 +71,17 @@ class DatasetConfig:
     strip_punct: bool = False
     #: MovieLens only: interactions with rating below this are dropped (0 = keep all)
     min_rating: float = 0.0
+    #: users with fewer interactions than this are dropped last (leave-one-out needs >= 3)
+    min_seq_len: int = 3
+    #: titles longer than this count as missing (0 = no limit); Amazon meta has HTML blobs
+    max_title_chars: int = 0
+    #: how preprocess.fetch gets the raw files: recbole | synthetic | urls | none
+    fetch: str = "urls"
+    #: per-role download URL overrides (role as in `files`); default: the public URL by file name
+    urls: dict[str, str] = field(default_factory=dict)
+    #: preprocess.synthetic: users and items of the generated MovieLens-format dataset
+    synthetic_users: int = 120
+    synthetic_items: int = 60
 
 
 @dataclass
@@ -84,6 +95,9 @@ class KDConfig:
     temperature: float = 1.0
     epochs: int = 20
     lr: float = 1.0e-3
+    #: student feed-forward width and dropout (hidden and attention)
+    inner_size: int = 256
+    dropout: float = 0.2
 
 
 @dataclass
@@ -144,6 +158,16 @@ class DataGenConfig:
     explan_train_users: int = 2000
     #: ask the API for per-user preference summaries (uid2summary); needs api.base_url/model
     summaries: bool = True
+    #: rows feeding the *_valid.json evaluation files: test (paper's leave-one-out test) | valid
+    eval_split: str = "test"
+    #: cap on samples per task type in the train files (0 = all; paper scale)
+    max_train_per_task: int = 0
+    #: cap on samples per task type in the valid/test files (0 = all; paper scale)
+    max_eval_per_task: int = 0
+    #: items in the iid2title evaluation records of the valid/test files (0 = all items)
+    eval_iid2title_items: int = 200
+    #: max characters of an item description/feature/tags text in task 4 (0 = no limit)
+    max_field_chars: int = 1000
 
 
 @dataclass
@@ -197,15 +221,22 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
+    #: prompts per generate() call (uid2next runs num_beams sequences per prompt)
     batch_size: int = 8
+    #: uid2next beam width; all beams are returned as the top-k (paper: 5 beams, 5 returned)
     num_beams: int = 5
+    #: new-token cap for one-title answers (uid2next, iid2title)
     max_new_tokens: int = 64
-    #: cap on samples per inference mode (0 = all)
+    #: new-token cap for list answers (uidiid2rank: 5 titles, uid2hist: the history titles)
+    max_new_tokens_list: int = 160
+    #: cap on samples per inference mode, the first ones of the task file (0 = all)
     max_samples: int = 0
     #: in-context examples for the ICL baseline
     icl_examples: int = 2
     #: also report title-constrained decoding for uid2next
     constrained: bool = True
+    #: cpu | cuda | auto
+    device: str = "auto"
 
 
 @dataclass
@@ -218,6 +249,14 @@ class ExplainConfig:
     aspect: str = ""
     #: judge retries for unparseable ratings
     judge_retries: int = 3
+    #: appended to the question for controllable explanations (paper 3.5.2); {aspect} is filled in
+    aspect_template: str = "Please explain your decision from the perspective of {aspect}."
+    #: cap on explanations judged per method (paper: 500; 0 = all)
+    judge_max_samples: int = 500
+    #: judge model / deployment (empty = api.model or env ENGINE); the paper used GPT-4
+    judge_model: str = ""
+    #: model / deployment for the "chatgpt" explanation method (empty = api.model or env ENGINE)
+    chatgpt_model: str = ""
 
 
 @dataclass
@@ -240,6 +279,12 @@ class APIConfig:
     timeout_s: float = 60.0
     temperature: float = 0.0
     max_tokens: int = 512
+    #: first retry waits about this long (doubled per retry, with jitter)
+    backoff_base_s: float = 1.0
+    #: no single wait is longer than this
+    backoff_max_s: float = 60.0
+    #: per-request disk cache under cache_dir/api (turning it off re-pays every request)
+    cache: bool = True
 
 
 @dataclass
@@ -254,6 +299,20 @@ class DiscriminatorConfig:
     #: explanations per method for the classifier (paper: 2500)
     per_method: int = 2500
     seed: int = 42
+    #: methods told apart by the classifier (paper: RecExplainer-H, Vicuna, ChatGPT)
+    cls_methods: list[str] = field(default_factory=lambda: ["both", "none", "chatgpt"])
+    #: methods with a score predictor each (Table 3)
+    reg_methods: list[str] = field(default_factory=lambda: ["both", "none", "chatgpt"])
+    #: explanation splits pooled as discriminator data (explain/<method>_<split>.jsonl)
+    splits: list[str] = field(default_factory=lambda: ["train", "valid"])
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    #: regression targets are standardised for training (MSE is reported in raw score units)
+    reg_standardize: bool = True
+    #: keep the fine-tuned classifier / regressors under discriminator/{cls,reg}/model*
+    save_model: bool = False
+    #: cpu | cuda | auto
+    device: str = "auto"
 
 
 @dataclass

@@ -1,0 +1,145 @@
+"""Score predictors: how much of the recommender's score can be read from an explanation? (paper 3.4.2, Table 3)
+
+``python -m discriminator.run_reg --config X [--methods both,none] [--force]``
+
+For each method, fine-tunes ``discriminator.encoder`` with a one-output regression head
+(MSE loss) from explanation text to the target recommender's score of that (user, item),
+on ``discriminator/data/reg_<method>_train.jsonl``, and reports the MSE on the test part
+(the same (user, item) pairs for every method). Lower MSE = the explanations carry more of
+what the recommender predicted. Beside it: the MSE of always predicting the train mean,
+the floor any text-blind predictor reaches.
+
+Writes ``discriminator/reg/metrics.json`` (+ ``metrics_<method>.json``, ``pred_<method>.jsonl``)
+and Table 3 to ``tables/table3.md`` / ``.csv`` (printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from discriminator.data_gen import data_dir, data_fingerprint
+from discriminator.finetune import fine_tune_predict
+from src.config import Config, ConfigError, add_config_args, config_from_args
+from src.infer_explan import METHOD_ORDER
+from src.utils import StageError, read_json, read_jsonl, setup_logging, write_json, write_jsonl, write_text
+
+log = logging.getLogger("discriminator.run_reg")
+
+
+def out_dir(cfg: Config) -> Path:
+    return cfg.discriminator_dir / "reg"
+
+
+def train_method(cfg: Config, method: str, force: bool = False) -> dict[str, Any]:
+    """One score predictor; cached in metrics_<method>.json."""
+    from sklearn.metrics import mean_squared_error
+
+    out = out_dir(cfg)
+    path = out / f"metrics_{method}.json"
+    dd = data_dir(cfg)
+    data_sha = data_fingerprint(dd / f"reg_{method}_train.jsonl", dd / f"reg_{method}_test.jsonl")
+    if path.is_file() and not force:
+        old = read_json(path)
+        if old.get("data_sha") == data_sha:
+            log.info("%s exists for the current data; skipping (use --force to retrain)", path)
+            return old
+        log.info("score predictor data of %s changed since %s; retraining", method, path)
+    train = read_jsonl(dd / f"reg_{method}_train.jsonl", what=f"score predictor data for {method}")
+    test = read_jsonl(dd / f"reg_{method}_test.jsonl", what=f"score predictor data for {method}")
+    y_train = np.array([float(r["score"]) for r in train])
+    y_test = np.array([float(r["score"]) for r in test])
+    mean, std = float(y_train.mean()), float(y_train.std())
+    scale = std if (cfg.discriminator.reg_standardize and std > 1e-8) else 1.0
+    shift = mean if cfg.discriminator.reg_standardize else 0.0
+    raw = fine_tune_predict(
+        cfg, [r["text"] for r in train], ((y_train - shift) / scale).tolist(), [r["text"] for r in test],
+        num_labels=1, regression=True, work_dir=out,
+        save_dir=out / f"model_{method}" if cfg.discriminator.save_model else None,
+    )
+    pred = raw * scale + shift
+    metrics = {
+        "method": method,
+        "mse": float(mean_squared_error(y_test, pred)),
+        "baseline_mse": float(mean_squared_error(y_test, np.full_like(y_test, mean))),
+        "n_train": len(train), "n_test": len(test),
+        "target_mean": mean, "target_std": std,
+        "pearson": float(np.corrcoef(y_test, pred)[0, 1]) if len(test) > 1 and pred.std() > 0 and y_test.std() > 0 else None,
+        "encoder": cfg.discriminator.encoder, "standardized": bool(cfg.discriminator.reg_standardize),
+        "data_sha": data_sha,
+    }
+    write_jsonl(out / f"pred_{method}.jsonl", (
+        {"id": r["id"], "uid": r.get("uid"), "iid": r.get("iid"), "score": float(y), "pred": float(p)}
+        for r, y, p in zip(test, y_test, pred)))
+    write_json(path, metrics)
+    log.info("%s: test MSE %.4f (mean-predictor %.4f)", method, metrics["mse"], metrics["baseline_mse"])
+    return metrics
+
+
+TABLE3_COLUMNS = ["Method", "MSE", "MSE of train mean", "Pearson r", "n train", "n test"]
+
+
+def render_table3(results: dict[str, dict], display: dict[str, str], dataset: str) -> tuple[str, str]:
+    rows = []
+    for m, r in results.items():
+        rows.append([display.get(m, m), f"{r['mse']:.4f}", f"{r['baseline_mse']:.4f}",
+                     "-" if r.get("pearson") is None else f"{r['pearson']:.3f}", str(r["n_train"]), str(r["n_test"])])
+    title = (f"Table 3. Score predictors on {dataset}: MSE between the recommender's score and the score "
+             "predicted from each method's explanation (lower is better; same test pairs for every method).")
+    md = [title, "", "| " + " | ".join(TABLE3_COLUMNS) + " |", "|" + "---|" * len(TABLE3_COLUMNS)]
+    md += ["| " + " | ".join(r) + " |" for r in rows]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(TABLE3_COLUMNS)
+    w.writerows(rows)
+    return "\n".join(md) + "\n", buf.getvalue()
+
+
+def run(cfg: Config, methods: list[str] | None = None, force: bool = False) -> dict[str, dict]:
+    dd = data_dir(cfg)
+    stats = read_json(dd / "stats.json", what="discriminator data (python -m discriminator.data_gen)")
+    labels = read_json(dd / "labels.json", what="discriminator labels (python -m discriminator.data_gen)")
+    available = stats.get("reg_methods") or []
+    methods = methods or available
+    unknown = [m for m in methods if m not in available]
+    if unknown or not methods:
+        raise StageError(
+            f"{dd}: no score-predictor data for {', '.join(unknown) or 'any method'} (available: {available or 'none'}); "
+            "generate their explanations, then python -m discriminator.data_gen --force"
+        )
+    order = {m: k for k, m in enumerate(METHOD_ORDER)}
+    methods = sorted(methods, key=lambda m: (order.get(m, len(order)), m))
+    results = {m: train_method(cfg, m, force) for m in methods}
+    write_json(out_dir(cfg) / "metrics.json", results)
+    md, csv_text = render_table3(results, labels.get("display", {}), cfg.dataset.name)
+    write_text(cfg.tables_dir / "table3.md", md)
+    write_text(cfg.tables_dir / "table3.csv", csv_text)
+    print(md)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_config_args(parser)
+    parser.add_argument("--methods", default="", help="comma-separated methods (default: every method with data)")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        cfg = config_from_args(args)
+        run(cfg, [m.strip() for m in args.methods.split(",") if m.strip()] or None, force=args.force)
+    except (StageError, ConfigError) as e:
+        log.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

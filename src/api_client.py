@@ -1,0 +1,367 @@
+"""The project's one OpenAI-compatible chat client (summaries, GPT-4-ICL, ChatGPT explanations, judge).
+
+Why one module: every API call in the suite costs money or quota, so the rules that protect
+that budget live in a single place that every stage shares:
+
+* **Endpoints from the environment** (keys never come from YAML, never reach logs or files).
+  The original's variables are honoured: ``OPENAI_API_KEY`` / ``OPENAI_API_BASE`` /
+  ``OPENAI_API_TYPE`` / ``OPENAI_API_VERSION`` / ``ENGINE``, and the numbered families
+  ``OPENAI_API_KEY_01`` with ``OPENAI_API_BASE_01``, ``OPENAI_API_TYPE_01``,
+  ``OPENAI_API_VERSION_01``, ``ENGINE_01`` (``_02``, ...). A numbered sibling that is not
+  set falls back to the un-numbered variable, then to ``cfg.api``. A base URL with no key
+  (``cfg.api.base_url`` or ``OPENAI_API_BASE``) is a keyless local server such as vLLM.
+* **Several endpoints at once**, used round-robin, so many keys spread the load; a retry goes
+  to the next endpoint, so one rate-limited key does not stall the run.
+* **A concurrency limit** (``cfg.api.max_concurrency`` threads / in-flight requests).
+* **Retries with exponential backoff and jitter** on 429, 408/409, 5xx, timeouts and
+  connection errors. The openai library's own retries are switched off (``max_retries=0``)
+  so the number of attempts is ours and visible in :attr:`ChatClient.stats`.
+* **An on-disk cache per request**, keyed by the sha256 of (model, messages, parameters),
+  written atomically under ``cfg.cache_dir/"api"``: no request is ever paid for twice, and
+  a re-run of any stage that only needs cached answers works with no endpoint at all.
+
+Usage::
+
+    client = ChatClient(cfg)
+    text = client.complete([{"role": "user", "content": "Hi"}], temperature=0)
+    texts = client.complete_many([msgs1, msgs2], desc="judge")   # None where a request failed
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from src.config import Config
+from src.utils import StageError, atomic_open
+
+log = logging.getLogger(__name__)
+
+Messages = list[dict[str, str]]
+
+#: HTTP statuses worth retrying: rate limits, request timeout/conflict, server errors
+RETRY_STATUSES = frozenset({408, 409, 429})
+#: statuses that no retry can fix and that would fail every other request too
+FATAL_STATUSES = frozenset({401, 403, 404})
+
+_NUMBERED_KEY = re.compile(r"^OPENAI_API_KEY_(\d+)$")
+#: placeholder key for keyless OpenAI-compatible servers (vLLM's convention)
+KEYLESS = "EMPTY"
+
+
+class _MalformedResponse(Exception):
+    """A 200 answer without the chat-completions shape (a proxy's error page, say): retried."""
+
+
+class APIRequestFailed(StageError):
+    """One request failed for good (retries exhausted, or rejected as malformed)."""
+
+
+class FatalAPIError(StageError):
+    """No endpoint configured, or an error that every request would hit (bad key, unknown model)."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One place to send requests. ``api_key`` is excluded from repr so it cannot leak into logs."""
+
+    name: str
+    api_type: str
+    base_url: str
+    model: str
+    api_version: str
+    api_key: str = field(repr=False)
+
+    @property
+    def is_azure(self) -> bool:
+        return self.api_type.lower().startswith("azure")
+
+    def describe(self) -> str:
+        """A log-safe description: name, type, host and model, never the key."""
+        where = self.base_url or "api.openai.com"
+        return f"{self.name} ({self.api_type} {where}, model {self.model})"
+
+
+def _env(environ: Mapping[str, str], name: str) -> str:
+    return (environ.get(name) or "").strip()
+
+
+def discover_endpoints(cfg: Config, environ: Mapping[str, str] | None = None) -> list[Endpoint]:
+    """All usable endpoints from the environment plus ``cfg.api`` defaults, in a stable order.
+
+    An endpoint without a model is unusable (we never guess a paid model); it is skipped with
+    a warning that names the variable to set, not the key.
+    """
+    env = os.environ if environ is None else environ
+    api = cfg.api
+    out: list[Endpoint] = []
+
+    def build(name: str, key: str, suffix: str) -> None:
+        base = _env(env, f"OPENAI_API_BASE{suffix}") or _env(env, "OPENAI_API_BASE") or api.base_url
+        api_type = _env(env, f"OPENAI_API_TYPE{suffix}") or _env(env, "OPENAI_API_TYPE") or api.api_type
+        version = _env(env, f"OPENAI_API_VERSION{suffix}") or _env(env, "OPENAI_API_VERSION") or api.api_version
+        model = _env(env, f"ENGINE{suffix}") or _env(env, "ENGINE") or api.model
+        if not model:
+            log.warning(
+                "API endpoint %s has a key/base URL but no model: set ENGINE%s or api.model; skipped",
+                name, suffix,
+            )
+            return
+        if api_type.lower().startswith("azure") and not base:
+            log.warning("Azure endpoint %s needs OPENAI_API_BASE%s (the resource URL); skipped", name, suffix)
+            return
+        out.append(Endpoint(name, api_type, base, model, version, key or KEYLESS))
+
+    numbered = sorted(
+        (m.group(1) for k in env if (m := _NUMBERED_KEY.match(k)) and _env(env, k)), key=lambda s: (int(s), s)
+    )
+    for num in numbered:
+        build(f"key_{num}", _env(env, f"OPENAI_API_KEY_{num}"), f"_{num}")
+    if _env(env, "OPENAI_API_KEY"):
+        build("default", _env(env, "OPENAI_API_KEY"), "")
+    elif not out and (_env(env, "OPENAI_API_BASE") or api.base_url):
+        build("keyless", "", "")
+    return out
+
+
+def request_key(model: str, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of (model, messages, params): the cache identity of a request."""
+    blob = json.dumps(
+        {"model": model, "messages": list(messages), "params": dict(params)},
+        sort_keys=True, ensure_ascii=False, separators=(",", ":"),
+    )
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def _check_messages(messages: Any) -> Messages:
+    if not isinstance(messages, list) or not messages:
+        raise StageError(f"chat messages must be a non-empty list of {{'role', 'content'}} dicts, got {type(messages).__name__}")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise StageError(f"chat message {i} must be a dict with string 'role' and 'content', got {m!r:.200}")
+    return messages
+
+
+class ChatClient:
+    """OpenAI-compatible chat completions with endpoints, retries, a concurrency limit and a cache.
+
+    Construction never fails for lack of an endpoint: answers already in the cache are served
+    without one. The first request that needs the network raises :class:`FatalAPIError`
+    naming the variables to set.
+    """
+
+    def __init__(self, cfg: Config, environ: Mapping[str, str] | None = None) -> None:
+        self.cfg = cfg
+        self.api = cfg.api
+        self.endpoints = discover_endpoints(cfg, environ)
+        env = os.environ if environ is None else environ
+        models = sorted({e.model for e in self.endpoints})
+        #: the logical model name used in cache keys when a call does not name one
+        self.model = _env(env, "ENGINE") or self.api.model or "|".join(models)
+        self.cache_dir = cfg.cache_dir / "api"
+        self._secrets = [e.api_key for e in self.endpoints if e.api_key and e.api_key != KEYLESS]
+        self._rr = itertools.cycle(range(len(self.endpoints))) if self.endpoints else None
+        self._rr_lock = threading.Lock()
+        self._clients: dict[str, Any] = {}
+        self._clients_lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(max(1, int(self.api.max_concurrency)))
+        self._stats_lock = threading.Lock()
+        #: counters: requests sent (each attempt), cache hits, retries, failed requests
+        self.stats = {"requests": 0, "cache_hits": 0, "retries": 0, "failures": 0}
+        if self.endpoints:
+            log.info("API endpoints: %s", "; ".join(e.describe() for e in self.endpoints))
+
+    # ------------------------------------------------------------------ public API
+    @staticmethod
+    def available(cfg: Config, environ: Mapping[str, str] | None = None) -> bool:
+        """True when at least one usable endpoint is configured (stages skip API work otherwise)."""
+        return bool(discover_endpoints(cfg, environ))
+
+    def complete(self, messages: Messages, *, use_cache: bool | None = None, **params: Any) -> str:
+        """The assistant's reply to ``messages``. ``params`` go to ``chat.completions.create``
+        (``model`` overrides the endpoint's model for every endpoint).
+
+        Raises :class:`APIRequestFailed` when retries are exhausted, :class:`FatalAPIError` when
+        no endpoint is configured or the endpoint rejects the credentials / model.
+        """
+        messages = _check_messages(messages)
+        model, call_params = self._resolve_params(params)
+        use_cache = self.api.cache if use_cache is None else use_cache
+        key = request_key(model, messages, call_params)
+        if use_cache:
+            hit = self._cache_get(key)
+            if hit is not None:
+                self._count("cache_hits")
+                return hit
+        text = self._call(messages, params.get("model"), call_params)
+        if use_cache:
+            self._cache_put(key, model, messages, call_params, text)
+        return text
+
+    def complete_many(
+        self, list_of_messages: Sequence[Messages], desc: str = "api", *, use_cache: bool | None = None, **params: Any
+    ) -> list[str | None]:
+        """Answers for many conversations, in order, ``max_concurrency`` at a time.
+
+        A request that fails for good gives ``None`` in its slot (counted and logged), so one
+        bad sample does not lose the others; a fatal error (no endpoint, bad key) stops the
+        whole batch and raises, since every remaining request would fail the same way.
+        """
+        results: list[str | None] = [None] * len(list_of_messages)
+        if not list_of_messages:
+            return results
+        failed = 0
+        workers = max(1, min(int(self.api.max_concurrency), len(list_of_messages)))
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="api")
+        try:
+            futures = {
+                pool.submit(self.complete, msgs, use_cache=use_cache, **params): i
+                for i, msgs in enumerate(list_of_messages)
+            }
+            for fut in tqdm(as_completed(futures), total=len(futures), desc=desc, leave=False):
+                i = futures[fut]
+                try:
+                    results[i] = fut.result()
+                except APIRequestFailed as e:
+                    failed += 1
+                    log.warning("%s: request %d failed: %s", desc, i, e)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        if failed:
+            log.warning("%s: %d of %d requests failed after retries (left as None)", desc, failed, len(list_of_messages))
+        return results
+
+    # ------------------------------------------------------------------ internals
+    def _resolve_params(self, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        """Defaults from cfg.api under the caller's params; the model is split off for the key."""
+        call = {"temperature": self.api.temperature, "max_tokens": self.api.max_tokens}
+        call.update({k: v for k, v in params.items() if k != "model"})
+        return str(params.get("model") or self.model), call
+
+    def _count(self, what: str, n: int = 1) -> None:
+        with self._stats_lock:
+            self.stats[what] += n
+
+    def _next_endpoint(self) -> Endpoint:
+        if not self.endpoints or self._rr is None:
+            raise FatalAPIError(
+                "no API endpoint configured and the answer is not cached: set OPENAI_API_KEY and ENGINE "
+                "(or OPENAI_API_KEY_01 / ENGINE_01 ...; OPENAI_API_TYPE=azure with OPENAI_API_BASE and "
+                "OPENAI_API_VERSION for Azure), or api.base_url + api.model in the config for a local "
+                "OpenAI-compatible server such as vLLM"
+            )
+        with self._rr_lock:
+            return self.endpoints[next(self._rr)]
+
+    def _client_for(self, ep: Endpoint) -> Any:
+        with self._clients_lock:
+            client = self._clients.get(ep.name)
+            if client is None:
+                import openai
+
+                common = {"api_key": ep.api_key, "max_retries": 0, "timeout": float(self.api.timeout_s)}
+                if ep.is_azure:
+                    client = openai.AzureOpenAI(azure_endpoint=ep.base_url, api_version=ep.api_version, **common)
+                else:
+                    client = openai.OpenAI(base_url=ep.base_url or None, **common)
+                self._clients[ep.name] = client
+            return client
+
+    def _redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        base = float(self.api.backoff_base_s) * (2**attempt)
+        wait = base * (1.0 + random.random())  # full-range jitter so parallel workers spread out
+        if retry_after is not None:
+            wait = max(wait, retry_after)
+        return min(wait, float(self.api.backoff_max_s))
+
+    def _call(self, messages: Messages, model_override: str | None, params: dict[str, Any]) -> str:
+        import openai
+
+        attempts = int(self.api.max_retries) + 1
+        last = ""
+        for attempt in range(attempts):
+            ep = self._next_endpoint()
+            client = self._client_for(ep)
+            retry_after: float | None = None
+            try:
+                with self._slots:
+                    self._count("requests")
+                    resp = client.chat.completions.create(
+                        model=model_override or ep.model, messages=messages, **params
+                    )
+                choices = getattr(resp, "choices", None)
+                if not choices or getattr(choices[0], "message", None) is None:
+                    raise _MalformedResponse("response has no choices[0].message")
+                content = choices[0].message.content
+                return content if content is not None else ""
+            except openai.APIStatusError as e:
+                status = e.status_code
+                msg = self._redact(str(e))[:300]
+                if status in FATAL_STATUSES:
+                    self._count("failures")
+                    raise FatalAPIError(f"API endpoint {ep.describe()} answered HTTP {status}: {msg}") from None
+                if status not in RETRY_STATUSES and status < 500:
+                    self._count("failures")
+                    raise APIRequestFailed(f"API endpoint {ep.describe()} rejected the request (HTTP {status}): {msg}") from None
+                last = f"HTTP {status} from {ep.name}: {msg}"
+                retry_after = _retry_after(e)
+            except (openai.APITimeoutError, openai.APIConnectionError) as e:
+                last = f"{type(e).__name__} from {ep.name}: {self._redact(str(e))[:200]}"
+            except (_MalformedResponse, openai.APIResponseValidationError) as e:
+                last = f"malformed response from {ep.name}: {self._redact(str(e))[:200]}"
+            if attempt + 1 < attempts:
+                wait = self._backoff(attempt, retry_after)
+                self._count("retries")
+                log.debug("API retry %d/%d in %.2fs after %s", attempt + 1, attempts - 1, wait, last)
+                time.sleep(wait)
+        self._count("failures")
+        raise APIRequestFailed(f"API request failed after {attempts} attempts; last error: {last}")
+
+    def _cache_path(self, key: str) -> Path:
+        return self.cache_dir / key[:2] / f"{key}.json"
+
+    def _cache_get(self, key: str) -> str | None:
+        path = self._cache_path(key)
+        if not path.is_file():
+            return None
+        try:
+            obj = json.loads(path.read_text(encoding="utf-8"))
+            return str(obj["response"])
+        except (OSError, ValueError, KeyError, TypeError):
+            log.warning("unreadable API cache entry %s; asking again", path)
+            return None
+
+    def _cache_put(self, key: str, model: str, messages: Messages, params: dict[str, Any], text: str) -> None:
+        entry = {"model": model, "params": params, "messages": messages, "response": text, "created": time.time()}
+        with atomic_open(self._cache_path(key)) as f:
+            json.dump(entry, f, ensure_ascii=False)
+
+
+def _retry_after(err: Any) -> float | None:
+    """Seconds from a Retry-After header, when the server sent a numeric one."""
+    try:
+        value = err.response.headers.get("retry-after")
+        return max(0.0, float(value)) if value is not None else None
+    except (AttributeError, TypeError, ValueError):
+        return None

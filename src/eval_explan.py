@@ -1,0 +1,295 @@
+"""Judge the generated explanations and write Table 2 (paper 3.4.1, Appendix A).
+
+``python -m src.eval_explan --config X [--model_names a,b] [--model_response_files f1,f2]
+[--split valid] [--no_judge] [--force]``
+
+For every method (default: every ``explain/<method>_<split>.jsonl`` present) the same
+(user, item) pairs are selected (sorted by uid, iid; ``explain.judge_max_samples`` of them,
+the paper used 500), then:
+
+* the **deterministic decision check** (first yes/no phrase vs label) is always computed;
+* the **LLM judge** (Appendix A prompt, through :class:`src.api_client.ChatClient`) runs
+  when an endpoint is configured. Judged rows are cached in ``judge/<method>.jsonl`` keyed
+  by sample id and explanation hash, and every request is in the API disk cache, so a
+  re-run sends nothing. Without an endpoint the judge is reported as skipped and the
+  table still shows the deterministic check.
+
+Outputs: ``judge/summary.json``, ``tables/table2.md`` and ``.csv`` (printed too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from src.api_client import ChatClient
+from src.config import Config, ConfigError, add_config_args, config_from_args
+from src.infer_explan import METHOD_ORDER, explain_file, method_display
+from src.judge import (
+    decision_summary,
+    explanation_sha,
+    judge_many,
+    judge_messages,
+    normalise_label,
+    rating_summary,
+)
+from src.utils import JsonlAppender, StageError, iter_jsonl, setup_logging, write_json, write_text
+
+log = logging.getLogger("src.eval_explan")
+
+REQUIRED = ("id", "label", "explanation")
+
+
+def judge_file(cfg: Config, method: str, split: str) -> Path:
+    """judge/<method>.jsonl for the valid split (the paper's test prompts), <method>_<split>.jsonl otherwise."""
+    return cfg.judge_dir / (f"{method}.jsonl" if split == "valid" else f"{method}_{split}.jsonl")
+
+
+def load_explanations(path: Path) -> list[dict]:
+    """Rows of an explanation file, last row per id winning (a regenerated row replaces the old)."""
+    rows: dict[str, dict] = {}
+    for lineno, row in enumerate(iter_jsonl(path, what="explanation file"), 1):
+        missing = [k for k in REQUIRED if k not in row]
+        if missing:
+            raise StageError(f"{path}: row {lineno} lacks {', '.join(missing)} (expected {', '.join(REQUIRED)})")
+        try:
+            row["label"] = normalise_label(row["label"])
+        except ValueError as e:
+            raise StageError(f"{path}: row {lineno}: {e}") from None
+        if not isinstance(row["explanation"], str):
+            raise StageError(f"{path}: row {lineno}: 'explanation' must be a string")
+        rows[str(row["id"])] = row
+    if not rows:
+        raise StageError(f"{path}: no explanations")
+    return list(rows.values())
+
+
+def select_rows(rows: list[dict], cap: int) -> list[dict]:
+    """The same (uid, iid) pairs for every method: sorted by pair, then the first `cap`."""
+    def key(r: dict) -> tuple:
+        return (int(r.get("uid", 0) or 0), int(r.get("iid", 0) or 0), str(r["id"]))
+
+    rows = sorted(rows, key=key)
+    return rows[:cap] if cap and cap > 0 else rows
+
+
+class _Titles:
+    """History / target titles for rows that do not carry them (loaded once, lazily)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self._titles: list[str] | None = None
+
+    def context(self, row: dict, where: str) -> tuple[list[str], str]:
+        if isinstance(row.get("history_titles"), list) and isinstance(row.get("item_title"), str):
+            return [str(t) for t in row["history_titles"]], row["item_title"]
+        if self._titles is None:
+            from preprocess.dataset import load_canonical
+
+            self._titles = load_canonical(self.cfg).titles
+        titles = self._titles
+        try:
+            hist = [int(i) for i in row["history"]][-self.cfg.data_gen.max_hist_len:]
+            return [titles[i] for i in hist], titles[int(row["iid"])]
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise StageError(
+                f"{where}: row {row.get('id')!r} has neither history_titles/item_title nor valid history/iid ids"
+            ) from None
+
+
+def judge_method(
+    cfg: Config, client: ChatClient | None, method: str, rows: list[dict], cache_path: Path, titles: _Titles,
+    judge_model: str, where: str,
+) -> dict[str, dict]:
+    """Judge rows not yet in the judge cache; return the cached judge row per sample id."""
+    with JsonlAppender(cache_path) as app:
+        cached = {str(r["id"]): r for r in app.rows}
+        todo = []
+        for row in rows:
+            c = cached.get(str(row["id"]))
+            if c is None or c.get("explanation_sha") != explanation_sha(row["explanation"]) or c.get("judge_model") != judge_model:
+                todo.append(row)
+        if todo and client is not None:
+            log.info("%s: judging %d explanation(s) (%d cached)", method, len(todo), len(rows) - len(todo))
+            convs = []
+            for row in todo:
+                hist, item = titles.context(row, where)
+                convs.append(judge_messages(hist, item, row["label"], row["explanation"]))
+            params = {"model": cfg.explain.judge_model} if cfg.explain.judge_model else {}
+            outcomes = judge_many(client, convs, cfg.explain.judge_retries, desc=f"judge {method}", **params)
+            for row, out in zip(todo, outcomes):
+                if out.failed:
+                    continue  # not cached: a later run asks again
+                jrow = {
+                    "id": row["id"], "method": method, "uid": row.get("uid"), "iid": row.get("iid"),
+                    "label": row["label"], "rating": out.rating, "answer": out.answer, "attempts": out.attempts,
+                    "first_unparseable": out.first_unparseable, "explanation_sha": explanation_sha(row["explanation"]),
+                    "judge_model": judge_model,
+                }
+                app.append(jrow)
+                cached[str(row["id"])] = jrow
+        elif todo:
+            log.info("%s: %d explanation(s) not judged (no endpoint)", method, len(todo))
+    valid = {}
+    for row in rows:
+        c = cached.get(str(row["id"]))
+        if c is not None and c.get("explanation_sha") == explanation_sha(row["explanation"]) and c.get("judge_model") == judge_model:
+            valid[str(row["id"])] = c
+    return valid
+
+
+def discover_methods(cfg: Config, split: str) -> list[str]:
+    """Methods with an explanation file for `split`, in the paper's table order."""
+    found = [m for m in METHOD_ORDER if explain_file(cfg, m, split).is_file()]
+    extra = sorted(
+        p.name[: -len(f"_{split}.jsonl")]
+        for p in cfg.explain_dir.glob(f"*_{split}.jsonl")
+        if p.name[: -len(f"_{split}.jsonl")] not in METHOD_ORDER
+    ) if cfg.explain_dir.is_dir() else []
+    return found + extra
+
+
+def evaluate(
+    cfg: Config, methods: list[str], files: list[Path], split: str = "valid", use_judge: bool = True,
+    force: bool = False, environ: Any = None,
+) -> dict[str, Any]:
+    """Decision check and (when possible) the LLM judge for every method; returns the summary."""
+    if not methods:
+        raise StageError(
+            f"no explanation files for split '{split}' in {cfg.explain_dir} "
+            "(written by python -m src.infer_explan / bash shell/infer_explan.sh; run that stage first)"
+        )
+    available = use_judge and ChatClient.available(cfg, environ)
+    client = ChatClient(cfg, environ=environ) if available else None
+    judge_model = cfg.explain.judge_model or (client.model if client else cfg.api.model) or ""
+    if not use_judge:
+        status = "skipped (--no_judge)"
+    elif not available:
+        status = "skipped (no API endpoint configured: set OPENAI_API_KEY + ENGINE, or api.base_url + api.model)"
+    else:
+        status = "ran"
+    if status != "ran":
+        log.warning("LLM judge %s; reporting the deterministic decision check only", status)
+    titles = _Titles(cfg)
+    summary: dict[str, Any] = {
+        "split": split,
+        "judge": {"model": judge_model, "status": status, "retries": cfg.explain.judge_retries,
+                  "note": "the paper's judge was GPT-4; this run's judge is the model named here"},
+        "max_samples": cfg.explain.judge_max_samples,
+        "methods": {},
+    }
+    for method, path in zip(methods, files):
+        rows = select_rows(load_explanations(path), cfg.explain.judge_max_samples)
+        decision = decision_summary([r["explanation"] for r in rows], [r["label"] for r in rows])
+        cache_path = judge_file(cfg, method, split)
+        if force and cache_path.exists():
+            cache_path.unlink()
+        judged = judge_method(cfg, client, method, rows, cache_path, titles, judge_model, str(path)) if (
+            client is not None or cache_path.exists()) else {}
+        ratings = [judged[str(r["id"])]["rating"] if str(r["id"]) in judged else None for r in rows]
+        jsum = rating_summary(ratings)
+        jsum.update(
+            n_judged=len(judged),
+            unparseable_first=sum(1 for j in judged.values() if j.get("first_unparseable")),
+            unparseable_final=sum(1 for j in judged.values() if j.get("rating") is None),
+            not_judged=len(rows) - len(judged),
+        )
+        summary["methods"][method] = {
+            "display": method_display(cfg, method), "file": str(path), "n": len(rows),
+            "judge": jsum, "decision": decision,
+        }
+        log.info(
+            "%s: n=%d judge mean=%s decision agreement=%.3f", method, len(rows),
+            f"{jsum['mean']:.3f}" if jsum["mean"] is not None else "-", decision["agreement"] or 0.0,
+        )
+    return summary
+
+
+def _fmt(x: Any, digits: int = 4) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+TABLE2_COLUMNS = [
+    "Method", "Judge mean (0-3)", "n rated", "RATING-0", "RATING-1", "RATING-2", "RATING-3",
+    "unparseable (first / final)", "Decision = label (rule)", "undecided",
+]
+
+
+def table2_rows(summary: dict[str, Any]) -> list[list[str]]:
+    out = []
+    for method, s in summary["methods"].items():
+        j, d = s["judge"], s["decision"]
+        shares = j["shares"]
+        out.append([
+            s["display"], _fmt(j["mean"]), f"{j['n_rated']}/{s['n']}",
+            *[(_fmt(shares[str(r)], 3) if j["n_rated"] else "-") for r in range(4)],
+            f"{j['unparseable_first']} / {j['unparseable_final']}" if j["n_judged"] else "-",
+            _fmt(d["agreement"], 3), _fmt(d["undecided_share"], 3),
+        ])
+    return out
+
+
+def render_table2(summary: dict[str, Any]) -> tuple[str, str]:
+    """(markdown, csv) of Table 2."""
+    rows = table2_rows(summary)
+    j = summary["judge"]
+    title = (
+        f"Table 2. Explanation quality on the {summary['split']} prompts. Judge: "
+        f"{j['model'] or 'none'} ({j['status']}); the paper's judge was GPT-4. RATING columns are "
+        "shares of rated answers; 'Decision = label (rule)' is the deterministic check (first "
+        "yes/no phrase of the explanation vs the label), no LLM involved."
+    )
+    md = [title, "", "| " + " | ".join(TABLE2_COLUMNS) + " |", "|" + "---|" * len(TABLE2_COLUMNS)]
+    md += ["| " + " | ".join(r) + " |" for r in rows]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(TABLE2_COLUMNS)
+    w.writerows(rows)
+    return "\n".join(md) + "\n", buf.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser)
+    parser.add_argument("--model_names", default="", help="comma-separated methods (behaviour,intention,both,none,chatgpt); default: every explanation file present")
+    parser.add_argument("--model_response_files", default="", help="comma-separated explanation files, one per --model_names entry (default explain/<method>_<split>.jsonl)")
+    parser.add_argument("--split", default="valid", help="explanation split to judge (default: %(default)s)")
+    parser.add_argument("--no_judge", action="store_true", help="deterministic check only, no API calls")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        cfg = config_from_args(args)
+        methods = [m.strip() for m in args.model_names.split(",") if m.strip()] or discover_methods(cfg, args.split)
+        if args.model_response_files:
+            files = [Path(f.strip()) for f in args.model_response_files.split(",") if f.strip()]
+            if len(files) != len(methods):
+                raise ConfigError(
+                    f"--model_response_files has {len(files)} file(s) but --model_names names {len(methods)} method(s)"
+                )
+        else:
+            files = [explain_file(cfg, m, args.split) for m in methods]
+        summary = evaluate(cfg, methods, files, args.split, use_judge=not args.no_judge, force=args.force)
+        md, csv_text = render_table2(summary)
+        write_json(cfg.judge_dir / "summary.json", summary)
+        write_text(cfg.tables_dir / "table2.md", md)
+        write_text(cfg.tables_dir / "table2.csv", csv_text)
+        print(md)
+        log.info("wrote %s, %s", cfg.judge_dir / "summary.json", cfg.tables_dir / "table2.md")
+    except (StageError, ConfigError) as e:
+        log.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,421 @@
+"""Batched generation and Yes/No scoring for every stage that asks the LLM something.
+
+API summary:
+
+* ``generate_texts(model, tokenizer, records, cfg, max_new_tokens, num_beams=1,
+  num_return_sequences=1, batch_size=None, trie=None, on_batch=None, desc=...)
+  -> list[list[str]]``: one list of ``num_return_sequences`` decoded answers per record,
+  in the order of `records`. Prompts are left-padded (so every row continues from its own
+  last token) and generated with the KV cache; ``<user>``/``<item>`` and every other
+  special token except the end-of-turn token are suppressed. Records are processed
+  longest first (less padding) and `on_batch(records, outputs)` is called after each batch
+  so a caller can write rows as they complete (resumable runs).
+* ``score_yes_no(model, tokenizer, records, cfg, batch_size=None, on_batch=None)
+  -> list[dict]``: log-probabilities of the first token of "Yes" and of "No" right after
+  the assistant cue, and the decision (no generation).
+* ``TitleTrie`` / ``build_title_trie(tokenizer, titles, cfg)``: a prefix trie over the
+  tokenised item titles; pass it as ``trie=`` and every beam is a real title.
+* ``build_icl_prompt(tokenizer, examples, question, cfg)``: the question preceded by
+  solved examples as earlier chat turns (in-context-learning baselines). Records carrying
+  an ``"icl"`` list of ``{"question", "answer"}`` are rendered that way automatically.
+
+WHY answers are tokenised with ``src.chat.encode_answer``: the trie and the Yes/No
+tokens must be exactly the token sequences the model was trained to emit (a leading
+space, a merged first token, the end token), or constrained decoding would force, and
+the scorer would read, tokens the model never learned.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from src.chat import (
+    MARKER_TOKENS,
+    VICUNA_SYSTEM,
+    chat_format,
+    collate_for_generation,
+    encode_answer,
+    encode_prompt,
+    marker_ids,
+    marker_inputs,
+    pad_markers,
+)
+from src.config import Config
+from src.metrics import yes_no_decision
+from src.utils import StageError
+
+log = logging.getLogger(__name__)
+
+#: question used when tokenising answers on their own (templates do not depend on it)
+_ANY_QUESTION = "?"
+
+
+# --------------------------------------------------------------------------- special tokens
+
+
+def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Every id that ends an answer: the tokenizer's eos plus the model's generation eos ids."""
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gc = getattr(model, "generation_config", None) or getattr(getattr(model, "lm", None), "generation_config", None)
+    eos = getattr(gc, "eos_token_id", None)
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif isinstance(eos, (list, tuple)):
+        ids.update(int(e) for e in eos)
+    if not ids:
+        raise StageError("the tokenizer has no eos_token and the model no eos_token_id: generation could never stop")
+    return sorted(ids)
+
+
+def suppressed_token_ids(tokenizer: Any, allowed: Iterable[int]) -> list[int]:
+    """Special tokens the model must never write: markers, pad, bos, role tokens, ..."""
+    keep = set(allowed)
+    ids = {int(i) for i in tokenizer.all_special_ids}
+    for tok in MARKER_TOKENS:
+        tid = tokenizer.convert_tokens_to_ids(tok)
+        if tid is not None and tid != tokenizer.unk_token_id:
+            ids.add(int(tid))
+    return sorted(ids - keep)
+
+
+# --------------------------------------------------------------------------- title trie
+
+
+class TitleTrie:
+    """Prefix trie over token-id sequences (each a title followed by its end token).
+
+    ``next_tokens(prefix)`` lists the ids that keep `prefix` on a path to a complete
+    title; a prefix that is already a complete title (ends with an end token) allows
+    nothing more. Nodes are dicts; the allowed list of each node is cached on first use
+    because beam search asks for the same node many times.
+    """
+
+    def __init__(self) -> None:
+        self.root: dict[int, dict] = {}
+        self.n_sequences = 0
+        self._allowed: dict[int, list[int]] = {}
+
+    def add(self, ids: Sequence[int]) -> None:
+        if not ids:
+            return
+        node = self.root
+        for t in ids:
+            node = node.setdefault(int(t), {})
+        self.n_sequences += 1
+        self._allowed.clear()
+
+    def _node(self, prefix: Sequence[int]) -> dict | None:
+        node = self.root
+        for t in prefix:
+            node = node.get(int(t))
+            if node is None:
+                return None
+        return node
+
+    def next_tokens(self, prefix: Sequence[int]) -> list[int]:
+        node = self._node(prefix)
+        if node is None:
+            return []
+        key = id(node)
+        if key not in self._allowed:
+            self._allowed[key] = sorted(node)
+        return self._allowed[key]
+
+    def contains(self, ids: Sequence[int]) -> bool:
+        """Whether `ids` is a complete stored sequence."""
+        node = self._node(ids)
+        return node is not None and not node
+
+    def __len__(self) -> int:
+        return self.n_sequences
+
+
+def build_title_trie(tokenizer: Any, titles: Iterable[str], cfg: Config) -> TitleTrie:
+    """A trie over every title as the model is trained to answer it (answer ids + end id)."""
+    trie = TitleTrie()
+    seen: set[str] = set()
+    for title in titles:
+        if not title or title in seen:
+            continue
+        seen.add(title)
+        trie.add(encode_answer(tokenizer, _ANY_QUESTION, title, cfg))
+    if not len(trie):
+        raise StageError("title-constrained decoding needs at least one item title")
+    return trie
+
+
+class TrieConstraint:
+    """``prefix_allowed_tokens_fn`` for HF generate: only continuations along the trie.
+
+    The prompt length is taken from the first call (HF calls it before the first new
+    token), so the function works whether or not the sequences passed in hold the prompt.
+    A sequence that somehow left the trie may only end (`fallback`). Build one per
+    generate() call.
+    """
+
+    def __init__(self, trie: TitleTrie, fallback: Sequence[int]) -> None:
+        self.trie = trie
+        self.fallback = list(fallback)
+        self.start: int | None = None
+
+    def __call__(self, batch_id: int, sent: torch.Tensor) -> list[int]:
+        if self.start is None:
+            self.start = int(sent.shape[-1])
+        allowed = self.trie.next_tokens(sent[self.start :].tolist())
+        return allowed or self.fallback
+
+
+# --------------------------------------------------------------------------- ICL prompts
+
+
+def build_icl_prompt(tokenizer: Any, examples: Sequence[dict], question: str, cfg: Config) -> str:
+    """The question preceded by solved examples as earlier user/assistant turns.
+
+    Same format as src.chat.build_prompt (chat template or Vicuna v1.1), so the base model
+    sees ordinary multi-turn chat; the paper places two training instances "at the
+    beginning of the LLM's context".
+    """
+    if chat_format(tokenizer, cfg) == "vicuna":
+        end = tokenizer.eos_token or "</s>"
+        turns = "".join(f"USER: {ex['question']} ASSISTANT: {ex['answer']}{end}" for ex in examples)
+        return f"{VICUNA_SYSTEM} {turns}USER: {question} ASSISTANT:"
+    messages: list[dict[str, str]] = []
+    for ex in examples:
+        messages += [{"role": "user", "content": ex["question"]}, {"role": "assistant", "content": ex["answer"]}]
+    messages.append({"role": "user", "content": question})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _encode_text(tokenizer: Any, text: str) -> list[int]:
+    bos = getattr(tokenizer, "bos_token", None)
+    return list(tokenizer(text, add_special_tokens=not (bos and text.startswith(bos)))["input_ids"])
+
+
+def collate_icl(tokenizer: Any, records: Sequence[dict], cfg: Config, max_prompt_length: int) -> dict[str, torch.Tensor]:
+    """Like src.chat.collate_for_generation, for records with ``"icl"`` example turns.
+
+    If the prompt with all examples is too long, examples are dropped from the front
+    (logged); with none left the plain prompt is used (middle-cut by src.chat).
+    """
+    user_id, item_id = marker_ids(tokenizer)
+    L = cfg.recmodel.max_seq_len
+    rows: list[list[int]] = []
+    users: list[list[int]] = []
+    items: list[int] = []
+    for rec in records:
+        examples = list(rec.get("icl") or [])
+        for ex in examples:
+            if any(m in ex["question"] or m in ex["answer"] for m in MARKER_TOKENS):
+                raise StageError(f"record {rec.get('id')}: in-context examples must be text-only (no <user>/<item>)")
+        ids: list[int] | None = None
+        while examples:
+            ids = _encode_text(tokenizer, build_icl_prompt(tokenizer, examples, rec["question"], cfg))
+            if len(ids) <= max_prompt_length:
+                break
+            examples = examples[1:]
+            ids = None
+            log.debug("record %s: dropped an in-context example to fit %d tokens", rec.get("id"), max_prompt_length)
+        if ids is None:
+            enc = encode_prompt(tokenizer, rec["question"], cfg, max_prompt_length)
+            if enc is None:
+                raise StageError(f"task record {rec.get('id', '?')}: prompt cannot fit {max_prompt_length} tokens")
+            ids = enc[0]
+        u, i = marker_inputs(rec, ids, user_id, item_id, L)
+        rows.append(ids)
+        users.extend(u)
+        items.extend(i)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), int(pad), dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, r in enumerate(rows):
+        input_ids[b, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        attention_mask[b, width - len(r) :] = 1
+    u, i = pad_markers(users, items, L)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "user_histories": u, "item_ids": i}
+
+
+def collate(tokenizer: Any, records: Sequence[dict], cfg: Config, max_prompt_length: int) -> dict[str, torch.Tensor]:
+    """One left-padded batch; records with in-context examples go through :func:`collate_icl`."""
+    if any(r.get("icl") for r in records):
+        return collate_icl(tokenizer, records, cfg, max_prompt_length)
+    return collate_for_generation(tokenizer, records, cfg, max_prompt_length)
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def _batches(records: Sequence[dict], batch_size: int) -> list[list[int]]:
+    """Index batches, longest question first: similar lengths share a batch (less padding)."""
+    order = sorted(range(len(records)), key=lambda i: -len(records[i].get("question", "")))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _model_device(model: Any) -> torch.device:
+    dev = getattr(model, "device", None)
+    if isinstance(dev, torch.device):
+        return dev
+    return next(model.parameters()).device
+
+
+def _run_generate(model: Any, batch: dict[str, torch.Tensor], **kwargs: Any) -> torch.Tensor:
+    """RecExplainer.generate (markers injected) or plain HF generate for an ordinary LM."""
+    if hasattr(model, "embed_inputs"):
+        return model.generate(**batch, **kwargs)
+    if batch["user_histories"].numel() or batch["item_ids"].numel():
+        raise StageError("records with <user>/<item> markers need a RecExplainer model (src.model.load_trained)")
+    dev = _model_device(model)
+    return model.generate(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev), **kwargs)
+
+
+@torch.no_grad()
+def generate_texts(
+    model: Any,
+    tokenizer: Any,
+    records: Sequence[dict],
+    cfg: Config,
+    max_new_tokens: int,
+    num_beams: int = 1,
+    num_return_sequences: int = 1,
+    batch_size: int | None = None,
+    trie: TitleTrie | None = None,
+    on_batch: Callable[[list[dict], list[list[str]]], None] | None = None,
+    desc: str = "generate",
+    **gen_kwargs: Any,
+) -> list[list[str]]:
+    """Decoded answers (``num_return_sequences`` per record, best first), in record order.
+
+    Deterministic: greedy (num_beams=1) or beam search; no sampling. `gen_kwargs` go to HF
+    generate (e.g. ``length_penalty``).
+    """
+    from transformers import GenerationConfig
+
+    if num_return_sequences > num_beams:
+        raise ValueError(f"num_return_sequences ({num_return_sequences}) cannot exceed num_beams ({num_beams})")
+    batch_size = batch_size or cfg.eval.batch_size
+    stops = stop_token_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    max_prompt = cfg.llm.max_length - max_new_tokens
+    if max_prompt <= 0:
+        raise StageError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in llm.max_length={cfg.llm.max_length}")
+    gc = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=num_beams,
+        num_return_sequences=num_return_sequences,
+        eos_token_id=stops,
+        pad_token_id=pad,
+        use_cache=True,
+    )
+    suppress = suppressed_token_ids(tokenizer, stops)
+
+    def run(recs: list[dict]) -> list[list[str]]:
+        batch = collate(tokenizer, recs, cfg, max_prompt)
+        kwargs = dict(gen_kwargs)
+        if trie is not None:
+            kwargs["prefix_allowed_tokens_fn"] = TrieConstraint(trie, stops)
+        out = _run_generate(model, batch, generation_config=gc, suppress_tokens=suppress, **kwargs)
+        texts = [_decode(tokenizer, seq, stops) for seq in out[:, batch["input_ids"].shape[1] :].tolist()]
+        return [texts[j * num_return_sequences : (j + 1) * num_return_sequences] for j in range(len(recs))]
+
+    return _map_batches(model, records, batch_size, run, on_batch, desc)
+
+
+def _map_batches(
+    model: Any, records: Sequence[dict], batch_size: int, fn: Callable[[list[dict]], list[Any]],
+    on_batch: Callable[[list[dict], list[Any]], None] | None, desc: str,
+) -> list[Any]:
+    """Apply `fn` to batches of records (eval mode, progress bar); outputs in record order."""
+    was_training = getattr(model, "training", False)
+    model.eval()
+    results: list[Any] = [None] * len(records)
+    bar = tqdm(total=len(records), desc=desc, unit="sample", leave=False)
+    try:
+        for idx in _batches(records, batch_size):
+            recs = [records[i] for i in idx]
+            outs = fn(recs)
+            for i, o in zip(idx, outs):
+                results[i] = o
+            if on_batch is not None:
+                on_batch(recs, outs)
+            bar.update(len(recs))
+    finally:
+        bar.close()
+        if was_training:
+            model.train()
+    return results
+
+
+def _decode(tokenizer: Any, ids: list[int], stops: Sequence[int]) -> str:
+    """Text of the new tokens up to the first end token, special tokens dropped."""
+    stop = set(stops)
+    for k, t in enumerate(ids):
+        if t in stop:
+            ids = ids[:k]
+            break
+    return tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+# --------------------------------------------------------------------------- yes / no
+
+
+def yes_no_token_ids(tokenizer: Any, cfg: Config) -> tuple[int, int]:
+    """First token of "Yes" and of "No" exactly as they start a training answer."""
+    yes = encode_answer(tokenizer, _ANY_QUESTION, "Yes", cfg)[0]
+    no = encode_answer(tokenizer, _ANY_QUESTION, "No", cfg)[0]
+    if yes == no:
+        raise StageError(f"'Yes' and 'No' start with the same token ({yes}); the Yes/No scorer cannot tell them apart")
+    return int(yes), int(no)
+
+
+@torch.no_grad()
+def next_token_logprobs(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """log-softmax over the vocabulary at the position after each (left-padded) prompt.
+
+    Only the last position goes through the LM head (``logits_to_keep=1``): on a 49k-word
+    vocabulary the head over the whole prompt would cost more than the model body.
+    Positions are counted from each row's first real token, as in generate().
+    """
+    dev = _model_device(model)
+    ids = batch["input_ids"].to(dev)
+    mask = batch["attention_mask"].to(dev)
+    pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    if hasattr(model, "embed_inputs"):
+        embeds = model.embed_inputs(ids, batch["user_histories"].to(dev), batch["item_ids"].to(dev))
+        out = model.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=1)
+    else:
+        if batch["user_histories"].numel() or batch["item_ids"].numel():
+            raise StageError("records with <user>/<item> markers need a RecExplainer model (src.model.load_trained)")
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=1)
+    return torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+
+
+def score_yes_no(
+    model: Any,
+    tokenizer: Any,
+    records: Sequence[dict],
+    cfg: Config,
+    batch_size: int | None = None,
+    on_batch: Callable[[list[dict], list[dict]], None] | None = None,
+    desc: str = "yes/no",
+) -> list[dict]:
+    """Per record: ``{"logp_yes", "logp_no", "pred"}`` where pred is the likelier answer."""
+    batch_size = batch_size or cfg.eval.batch_size
+    yes, no = yes_no_token_ids(tokenizer, cfg)
+
+    def run(recs: list[dict]) -> list[dict]:
+        lp = next_token_logprobs(model, collate(tokenizer, recs, cfg, cfg.llm.max_length - 1))
+        outs = []
+        for j in range(len(recs)):
+            ly, ln = float(lp[j, yes]), float(lp[j, no])
+            outs.append({"logp_yes": ly, "logp_no": ln, "pred": yes_no_decision(ly, ln)})
+        return outs
+
+    return _map_batches(model, records, batch_size, run, on_batch, desc)

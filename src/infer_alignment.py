@@ -1,0 +1,362 @@
+"""Alignment evaluation (paper 3.1.1, Table 1): how well an explainer mimics the recommender.
+
+    python -m src.infer_alignment --config configs/ml100k.yaml \
+        --task_type behaviour|intention|both|none|gpt4 \
+        --inference_mode uid2next|uidiid2rank|uidiid2binary|uid2hist|iid2title \
+        [--icl] [--constrained | --no-constrained] [--split valid|test] [--force]
+
+Reads ``tasks/<task_type>_<split>.json`` (``behaviour_<split>.json`` for the unaligned
+``none`` and ``gpt4`` baselines, which read titles, not embeddings), keeps the records
+whose ``type`` is the inference mode, and writes under ``eval/<method>/``:
+
+* ``<mode>.jsonl``: one row per sample (question, generations or Yes/No log-probs,
+  target), appended as each batch completes, so a killed run resumes where it stopped;
+* ``<mode>.metrics.json``: the Table 1 numbers (src.metrics), plus, for uid2next with
+  title-constrained decoding, a separate ``"constrained"`` block (its rows in
+  ``uid2next.constrained.jsonl``) -- never replacing the free-decoding figures.
+
+Methods: ``none`` (base LLM), ``none_icl`` (base LLM with two seeded training examples of
+the same task as earlier chat turns), ``gpt4_icl`` (same prompts through the project's
+OpenAI-compatible client; skipped with a log line when no endpoint is configured),
+``behaviour`` / ``intention`` / ``both`` (RecExplainer-B/I/H). Test-split outputs go to
+``eval/<method>/test/``.
+
+Decoding follows the paper and the original code: uid2next = beam search with 5 beams, 5
+returned; every other generative mode greedy; uidiid2binary compares the next-token
+probabilities of "Yes" and "No" (no generation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+from src.config import Config, ConfigError, add_config_args, config_from_args
+from src.metrics import MODE_METRICS, compute_metrics, parse_yes_no, split_titles
+from src.utils import JsonlAppender, StageError, read_json, resolve_device, set_seed, setup_logging, write_json
+
+log = logging.getLogger(__name__)
+
+TASK_TYPES = ("behaviour", "intention", "both", "none", "gpt4")
+MODES = tuple(MODE_METRICS)
+#: modes answered with a list of titles (longer outputs)
+LIST_MODES = ("uidiid2rank", "uid2hist")
+#: the "Yes"/"No" mode: scored, not generated
+BINARY_MODE = "uidiid2binary"
+#: how many API requests are sent between two writes of the rows file
+API_CHUNK = 32
+
+
+def method_name(task_type: str, icl: bool) -> str:
+    """Folder name of a method under eval/ (report.py reads the same names)."""
+    return f"{task_type}_icl" if icl else task_type
+
+
+def task_file(cfg: Config, task_type: str, split: str) -> Path:
+    """Task file a method is evaluated on: unaligned baselines read the text-only tasks."""
+    src = "behaviour" if task_type in ("none", "gpt4") else task_type
+    return cfg.tasks_dir / f"{src}_{split}.json"
+
+
+def output_paths(cfg: Config, method: str, mode: str, split: str) -> dict[str, Path]:
+    base = cfg.eval_dir / method
+    if split != "valid":
+        base = base / split
+    return {
+        "rows": base / f"{mode}.jsonl",
+        "constrained_rows": base / f"{mode}.constrained.jsonl",
+        "metrics": base / f"{mode}.metrics.json",
+    }
+
+
+# --------------------------------------------------------------------------- records
+
+
+REQUIRED = ("id", "type", "question", "answer")
+
+
+def read_tasks(path: Path) -> list[dict]:
+    """A task file, checked: a JSON list of objects with id/type/question/answer, unique ids."""
+    data = read_json(path, what="task file")
+    if not isinstance(data, list):
+        raise StageError(f"{path}: expected a JSON list of task records, got {type(data).__name__}")
+    seen: set[str] = set()
+    for k, rec in enumerate(data):
+        if not isinstance(rec, dict):
+            raise StageError(f"{path}: record {k} is not a JSON object")
+        missing = [f for f in REQUIRED if f not in rec]
+        if missing:
+            raise StageError(f"{path}: record {k} (id {rec.get('id', '?')}) lacks field(s) {', '.join(missing)}")
+        rid = str(rec["id"])
+        if rid in seen:
+            raise StageError(f"{path}: duplicate record id {rid!r}")
+        seen.add(rid)
+    return data
+
+
+def load_eval_records(cfg: Config, task_type: str, mode: str, split: str) -> list[dict]:
+    """Records of one inference mode, capped at eval.max_samples (the first ones, stable)."""
+    path = task_file(cfg, task_type, split)
+    records = [r for r in read_tasks(path) if r["type"] == mode]
+    if not records:
+        raise StageError(
+            f"{path}: no records of type '{mode}'; task_type {task_type} cannot be evaluated on it "
+            "(N/A in Table 1) or data_gen did not generate it"
+        )
+    if cfg.eval.max_samples and len(records) > cfg.eval.max_samples:
+        log.info("evaluating the first %d of %d %s records (eval.max_samples)", cfg.eval.max_samples, len(records), mode)
+        records = records[: cfg.eval.max_samples]
+    return records
+
+
+def attach_icl_examples(cfg: Config, records: list[dict], mode: str) -> list[dict]:
+    """Copies of `records`, each with ``"icl"``: k random training examples of the same task.
+
+    The paper: "we randomly select two instances from the training set of that task and
+    place them at the beginning of the LLM's context". Examples come from the text-only
+    (behaviour) training file and are drawn per record with a seed derived from the config
+    seed and the record id, so a resumed run draws exactly the same examples.
+    """
+    path = cfg.tasks_dir / "behaviour_train.json"
+    pool = [r for r in read_tasks(path) if r["type"] == mode]
+    k = cfg.eval.icl_examples
+    if len(pool) < k:
+        raise StageError(f"{path}: {len(pool)} '{mode}' training records, in-context learning needs {k}")
+    out = []
+    for rec in records:
+        rng = random.Random(f"{cfg.seed}:{mode}:{rec['id']}")
+        ex = rng.sample(pool, k)
+        out.append({**rec, "icl": [{"id": e["id"], "question": e["question"], "answer": e["answer"]} for e in ex]})
+    return out
+
+
+def item_titles(cfg: Config) -> list[str]:
+    """Every item title of the canonical dataset (for title-constrained decoding)."""
+    from preprocess.dataset import load_canonical
+
+    return [t for t in load_canonical(cfg).titles[1:] if t]
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def _base_row(rec: dict) -> dict:
+    row = {"id": str(rec["id"]), "uid": rec.get("uid"), "iid": rec.get("iid"), "question": rec["question"],
+           "answer": rec["answer"]}
+    if rec.get("icl"):
+        row["icl_ids"] = [e["id"] for e in rec["icl"]]
+    return row
+
+
+def _todo(app: JsonlAppender, records: list[dict]) -> list[dict]:
+    todo = [r for r in records if str(r["id"]) not in app.done]
+    if len(todo) < len(records):
+        log.info("%s: %d of %d samples already done, resuming", app.path.name, len(records) - len(todo), len(records))
+    return todo
+
+
+def _rows_for(app_rows: list[dict], records: list[dict], path: Path) -> list[dict]:
+    by_id = {str(r.get("id")): r for r in app_rows}
+    missing = [str(r["id"]) for r in records if str(r["id"]) not in by_id]
+    if missing:
+        raise StageError(f"{path}: {len(missing)} sample(s) have no row (first: {missing[0]}); re-run to complete")
+    return [by_id[str(r["id"])] for r in records]
+
+
+def run_local(
+    cfg: Config, model: Any, tokenizer: Any, records: list[dict], mode: str, rows_path: Path, trie: Any = None,
+) -> list[dict]:
+    """Generate (or score) every record not yet in `rows_path`; return rows in record order."""
+    from src.generation import generate_texts, score_yes_no
+
+    with JsonlAppender(rows_path) as app:
+        todo = _todo(app, records)
+        if todo and mode == BINARY_MODE:
+            def write(recs: list[dict], outs: list[dict]) -> None:
+                for rec, o in zip(recs, outs):
+                    app.append({**_base_row(rec), **o})
+
+            score_yes_no(model, tokenizer, todo, cfg, cfg.eval.batch_size, on_batch=write, desc=f"{mode} yes/no")
+        elif todo:
+            beams = cfg.eval.num_beams if mode == "uid2next" else 1
+            max_new = cfg.eval.max_new_tokens_list if mode in LIST_MODES else cfg.eval.max_new_tokens
+
+            def write(recs: list[dict], outs: list[list[str]]) -> None:
+                for rec, gens in zip(recs, outs):
+                    app.append({**_base_row(rec), "generations": gens})
+
+            generate_texts(
+                model, tokenizer, todo, cfg, max_new_tokens=max_new, num_beams=beams, num_return_sequences=beams,
+                batch_size=cfg.eval.batch_size, trie=trie, on_batch=write,
+                desc=f"{mode}{' constrained' if trie is not None else ''}",
+            )
+        return _rows_for(app.rows, records, rows_path)
+
+
+def api_messages(rec: dict) -> list[dict[str, str]]:
+    """The ICL conversation for the API: examples as earlier turns, then the question."""
+    msgs: list[dict[str, str]] = []
+    for ex in rec.get("icl") or []:
+        msgs += [{"role": "user", "content": ex["question"]}, {"role": "assistant", "content": ex["answer"]}]
+    msgs.append({"role": "user", "content": rec["question"]})
+    return msgs
+
+
+def run_api(cfg: Config, client: Any, records: list[dict], mode: str, rows_path: Path) -> list[dict]:
+    """GPT-4-ICL rows: one completion per record (the client caches every request).
+
+    Task 1 with an API model: the answer's titles (split on "; ") in order, top-5 kept; a
+    chat model returns one answer, not five beams. Task 3: Yes/No read from the reply's
+    first word. A request that fails for good is left out and reported; re-running retries it.
+    """
+    with JsonlAppender(rows_path) as app:
+        todo = _todo(app, records)
+        failed = 0
+        for start in range(0, len(todo), API_CHUNK):
+            chunk = todo[start : start + API_CHUNK]
+            replies = client.complete_many([api_messages(r) for r in chunk], desc=f"{mode} api")
+            for rec, text in zip(chunk, replies):
+                if text is None:
+                    failed += 1
+                    continue
+                row = {**_base_row(rec), "raw": text}
+                if mode == BINARY_MODE:
+                    row["pred"] = parse_yes_no(text)
+                elif mode == "uid2next":
+                    row["generations"] = split_titles(text)[:5] or [text.strip()]
+                else:
+                    row["generations"] = [text.strip()]
+                app.append(row)
+        if failed:
+            raise StageError(f"{rows_path}: {failed} API request(s) failed after retries; re-run to retry them")
+        return _rows_for(app.rows, records, rows_path)
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def evaluate(
+    cfg: Config,
+    task_type: str,
+    mode: str,
+    icl: bool = False,
+    constrained: bool | None = None,
+    split: str = "valid",
+    force: bool = False,
+    loaded: tuple[Any, Any] | None = None,
+    client: Any = None,
+) -> dict | None:
+    """Run one (method, inference mode) evaluation; return its metrics (None if skipped).
+
+    `loaded` = (model, tokenizer) bypasses src.model.load_trained (tests, benchmarks);
+    `client` bypasses the construction of src.api_client.ChatClient.
+    """
+    if task_type not in TASK_TYPES:
+        raise ConfigError(f"--task_type must be one of {', '.join(TASK_TYPES)}, got {task_type!r}")
+    if mode not in MODES:
+        raise ConfigError(f"--inference_mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if split not in ("valid", "test"):
+        raise ConfigError(f"--split must be valid or test, got {split!r}")
+    use_api = task_type == "gpt4"
+    constrained = cfg.eval.constrained if constrained is None else constrained
+    constrained = constrained and mode == "uid2next" and not use_api
+    method = method_name(task_type, icl)
+    paths = output_paths(cfg, method, mode, split)
+
+    if force:
+        for key in ("rows", "constrained_rows", "metrics"):
+            paths[key].unlink(missing_ok=True)
+    elif paths["metrics"].is_file():
+        done = read_json(paths["metrics"])
+        if not constrained or isinstance(done.get("constrained"), dict):
+            log.info("%s exists; skipping (use --force to redo)", paths["metrics"])
+            return done
+
+    if use_api:
+        from src.api_client import ChatClient
+
+        if client is None:
+            if not ChatClient.available(cfg):
+                log.info("skipping %s %s: no OpenAI-compatible endpoint configured (see README, 'API endpoint')",
+                         method, mode)
+                return None
+            client = ChatClient(cfg)
+
+    set_seed(cfg.seed)
+    records = load_eval_records(cfg, task_type, mode, split)
+    if icl:
+        records = attach_icl_examples(cfg, records, mode)
+    log.info("%s / %s / %s: %d samples from %s", method, mode, split, len(records), task_file(cfg, task_type, split))
+
+    if use_api:
+        rows = run_api(cfg, client, records, mode, paths["rows"])
+        crows = None
+    else:
+        if loaded is None:
+            from src.model import load_trained
+
+            loaded = load_trained(cfg, "none" if task_type == "none" else task_type,
+                                  device=resolve_device(cfg.eval.device))
+        model, tokenizer = loaded
+        rows = run_local(cfg, model, tokenizer, records, mode, paths["rows"])
+        crows = None
+        if constrained:
+            from src.generation import build_title_trie
+
+            trie = build_title_trie(tokenizer, item_titles(cfg), cfg)
+            log.info("title-constrained decoding over %d titles", len(trie))
+            crows = run_local(cfg, model, tokenizer, records, mode, paths["constrained_rows"], trie=trie)
+
+    metrics: dict[str, Any] = {
+        "method": method, "task_type": task_type, "inference_mode": mode, "split": split, "icl": icl,
+        **compute_metrics(mode, rows),
+        "settings": {
+            "num_beams": cfg.eval.num_beams if mode == "uid2next" else 1,
+            "max_new_tokens": cfg.eval.max_new_tokens_list if mode in LIST_MODES else cfg.eval.max_new_tokens,
+            "max_samples": cfg.eval.max_samples, "base_model": cfg.llm.base_model,
+            "task_file": str(task_file(cfg, task_type, split)),
+        },
+    }
+    if crows is not None:
+        metrics["constrained"] = compute_metrics(mode, crows)
+    write_json(paths["metrics"], metrics)
+    shown = {k: round(v, 4) for k, v in metrics.items() if k in MODE_METRICS[mode]}
+    log.info("%s %s: %s (n=%d)%s", method, mode, json.dumps(shown), metrics["n"],
+             f"; constrained {json.dumps({k: round(v, 4) for k, v in metrics['constrained'].items()})}"
+             if crows is not None else "")
+    return metrics
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(p)
+    p.add_argument("--task_type", required=True, choices=TASK_TYPES,
+                   help="trained model (behaviour|intention|both), base LLM (none), or the API model (gpt4)")
+    p.add_argument("--inference_mode", required=True, choices=MODES)
+    p.add_argument("--icl", action="store_true", help="prepend eval.icl_examples seeded training examples")
+    p.add_argument("--constrained", action=argparse.BooleanOptionalAction, default=None,
+                   help="also run title-constrained decoding for uid2next (default: eval.constrained)")
+    p.add_argument("--split", choices=["valid", "test"], default="valid")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    try:
+        cfg = config_from_args(args)
+        evaluate(cfg, args.task_type, args.inference_mode, icl=args.icl, constrained=args.constrained,
+                 split=args.split, force=args.force)
+    except (StageError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

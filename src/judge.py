@@ -1,0 +1,259 @@
+"""The explanation judge (paper 3.1.2, Appendix A) and a deterministic decision check.
+
+Two views of an explanation, reported side by side:
+
+* the **LLM judge**: the Appendix A prompt (user history, target item, ground-truth label,
+  the explanation) answered with ``<br>RATING-n</br>``, n in 0..3. Real judges wander from
+  the requested format ("Rating: 2", "**RATING-3**", echoes of the whole rubric), so the
+  parser is tolerant, refuses to guess when an answer names several different ratings,
+  and an unparseable answer is counted and re-asked (a follow-up turn, so the request and
+  its cache key differ) up to ``cfg.explain.judge_retries`` times;
+* a **deterministic check**, no LLM involved: the first yes/no-like decision phrase of the
+  explanation compared with the label. It is what RATING-0 measures ("incorrect
+  classification"), computed reproducibly, so a reader can see how much of a judge's score
+  is the decision and how much is the prose.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+RATINGS = (0, 1, 2, 3)
+
+#: Appendix A, Figure A1 (the paper's "¡br¿" is a PDF-extraction artefact of "<br>")
+JUDGE_PROMPT = (
+    "Please act as an impartial judge and evaluate the AI assistant's recommendation decision as well as "
+    "decision explanation based on the user's purchase history, target item, and ground truth label. "
+    "Assign a score according to the following four levels:\n\n"
+    "RATING-0: Incorrect classification - The assistant fails to generate a correct recommendation decision.\n\n"
+    "RATING-1: Correct classification, insufficient explanation - The assistant correctly makes the "
+    "recommendation decision but provides no, few, or irrelevant explanations, or provides explanations with "
+    "hallucination, some of which do not conform to the actual situation.\n\n"
+    "RATING-2: Correct classification, acceptable explanation - The assistant correctly makes the "
+    "recommendation decision and provides an explanation that is logically consistent and aligns with the "
+    "user's history and target item. But the explanation still has minor imperfections such as lack of "
+    "persuasiveness or informativeness.\n\n"
+    "RATING-3: Correct classification, satisfying explanation - The assistant correctly makes the "
+    "recommendation decision and provides a satisfactory explanation, including a summary of the user's "
+    "historical behavior patterns and characteristics, as well as a thorough analysis of the consistency or "
+    "inconsistency between user preferences and the target item.\n\n"
+    "Please give your score in the form of <br>RATING</br>, for example, if the rating is 1, output "
+    "<br>RATING-1</br>. Do not allow the length of the explanation to influence your evaluation. "
+    "Be as objective as possible.\n\n"
+    "Known information: User history: {history}, Target item: {item}, Label: {label}. "
+    "Assistant's output: {explanation}"
+)
+
+#: the follow-up turn after an unparseable answer
+REASK = (
+    "Your answer did not contain a rating in the required form. Reply with the rating only, "
+    "in the form <br>RATING-n</br> where n is 0, 1, 2 or 3."
+)
+
+
+def judge_messages(history_titles: Sequence[str], item_title: str, label: str, explanation: str) -> list[dict]:
+    """The Appendix A prompt as one user turn; titles joined with "; " like every other prompt."""
+    prompt = JUDGE_PROMPT.format(
+        history="; ".join(history_titles), item=item_title, label=label, explanation=explanation.strip()
+    )
+    return [{"role": "user", "content": prompt}]
+
+
+# --------------------------------------------------------------------------- rating parser
+
+_NUM = r"(\d+(?:\.\d+)?)"
+#: the requested form, also with the PDF's mangled brackets: <br>RATING-2</br>, <br>2</br>
+_TAGGED = re.compile(r"[<¡]\s*br\s*/?\s*[>¿]\s*(?:\*\*|__)?\s*(?:RATING\s*[-–—:=_ ]?\s*)?" + _NUM, re.I)
+#: RATING-2, Rating: 2, **RATING-3**, rating is 2, Rating = [2], RATING 1
+_RATING = re.compile(r"\bRATING\b\s*(?:\*\*|__)?\s*(?:[-–—:=_]|is|of)?\s*(?:\*\*|__)?\s*[\[\(\"'`]?\s*" + _NUM, re.I)
+#: Score: 2, score of 3, final score - 1, 2/3, 2 out of 3
+_SCORE = re.compile(r"\bscore\b\s*(?:[-–—:=]|is|of)\s*(?:\*\*|__)?\s*" + _NUM, re.I)
+_OUT_OF = re.compile(r"(?<![\d.])" + _NUM + r"\s*(?:/|out\s+of)\s*3\b", re.I)
+#: the whole answer is a bare number ("2", "**2**", "2.")
+_BARE = re.compile(r"^\W*" + _NUM + r"\W*$")
+
+
+def _values(pattern: re.Pattern, text: str) -> list[str]:
+    return [m.group(1) for m in pattern.finditer(text)]
+
+
+def parse_rating(text: str | None) -> int | None:
+    """The rating 0..3 in a judge's answer, or None when absent, out of range, or ambiguous.
+
+    Forms are tried from most to least explicit (tagged ``<br>RATING-n</br>``, then
+    ``RATING n`` variants, then ``score: n`` / ``n/3``, then a bare number). Within the first
+    form that occurs, every occurrence must agree: an answer that quotes the whole rubric
+    ("RATING-0 ... RATING-3") without a tagged verdict is ambiguous and gets re-asked rather
+    than guessed.
+    """
+    if not text or not text.strip():
+        return None
+    for pattern in (_TAGGED, _RATING, _SCORE, _OUT_OF, _BARE):
+        found = _values(pattern, text)
+        if not found:
+            continue
+        distinct = set(found)
+        if len(distinct) != 1:
+            return None
+        (value,) = distinct
+        if "." in value:
+            return None
+        n = int(value)
+        return n if n in RATINGS else None
+    return None
+
+
+# --------------------------------------------------------------------------- decision check
+
+_VERBS = r"(?:like|enjoy|love|prefer|appreciate|favou?r|be\s+interested|be\s+into|be\s+drawn\s+to|want|purchase|buy|watch|click)"
+_ADV = r"(?:(?:probably|definitely|most\s+likely|likely|certainly|really|highly|still)\s+)?"
+_YES_PATTERNS = [
+    r"^\W*yes\b",
+    r"(?:^|(?<=[\s*\"'(\[:>]))yes(?=\s*(?:[,.!:;)\]*\"'<\n]|$))",
+    rf"\b(?:will|would|should|does|do|might|may|can|could|is\s+going\s+to|are\s+going\s+to)\s+{_ADV}{_VERBS}\b",
+    rf"\b(?:is|are)\s+{_ADV}likely\s+to\s+{_VERBS}\b",
+    r"\b(?:i|we)\s+(?:would\s+|will\s+|do\s+|can\s+|strongly\s+|highly\s+)?recommend\b",
+    r"\b(?:would|will|should|can)\s+(?:be\s+)?recommend(?:ed)?\b",
+    r"\b(?:is|are)\s+recommended\b",
+    r"\b(?:good|great|strong|excellent|perfect)\s+(?:fit|match|choice|recommendation)\b",
+    r"\b(?:is|are)\s+interested\b",
+]
+_NOT = r"(?:\s+not|n't|not)"
+_NO_PATTERNS = [
+    r"^\W*no\b",
+    r"(?:^|(?<=[\s*\"'(\[:>]))no(?=\s*(?:[,.!:;)\]*\"'<\n]|$))",
+    rf"\b(?:will|would|should|does|do|might|may|can|could|is|are|wo|ca|did){_NOT}\s+{_ADV}(?:{_VERBS}|recommend|be\s+recommended)\b",
+    r"\b(?:won't|wouldn't|doesn't|don't|shouldn't|isn't|aren't|cannot)\s+" + _ADV + r"(?:" + _VERBS + r"|recommend|be\s+recommended)\b",
+    r"\b(?:unlikely|not\s+likely|less\s+likely)\s+to\b",
+    r"\bnot\s+(?:be\s+)?(?:interested|recommended|a\s+good|a\s+great|a\s+strong|a\s+suitable|suitable)\b",
+    r"(?:\bnot|n't)\s+(?:a\s+)?(?:good|great|strong|suitable|perfect)\s+(?:fit|match|choice)\b",
+    r"\b(?:poor|bad|weak)\s+(?:fit|match|choice)\b",
+    r"\b(?:dislike|not\s+recommend|against\s+recommending)\b",
+    r"\b(?:i|we)\s+(?:would|do|will|can)\s*(?:not|n't)\s+recommend\b",
+]
+_YES_RE = [re.compile(p, re.I | re.M) for p in _YES_PATTERNS]
+_NO_RE = [re.compile(p, re.I | re.M) for p in _NO_PATTERNS]
+
+
+def _first(patterns: list[re.Pattern], text: str) -> int | None:
+    starts = [m.start() for p in patterns if (m := p.search(text))]
+    return min(starts) if starts else None
+
+
+def decision_of(text: str | None) -> str | None:
+    """"Yes", "No" or None: the explanation's first yes/no-like decision phrase.
+
+    The earliest phrase wins (explanations state the decision first, then argue); negated
+    phrases are separate patterns that start before their positive core ("would not like"),
+    so at the same position the negation wins.
+    """
+    if not text:
+        return None
+    y, n = _first(_YES_RE, text), _first(_NO_RE, text)
+    if y is None and n is None:
+        return None
+    if n is not None and (y is None or n <= y):
+        return "No"
+    return "Yes"
+
+
+def normalise_label(label: Any) -> str:
+    """"Yes"/"No" from the task label (also true/false, 1/0)."""
+    s = str(label).strip().lower()
+    if s in {"yes", "true", "1", "y"}:
+        return "Yes"
+    if s in {"no", "false", "0", "n"}:
+        return "No"
+    raise ValueError(f"label must be Yes/No, got {label!r}")
+
+
+# --------------------------------------------------------------------------- judging
+
+
+def explanation_sha(text: str) -> str:
+    """Identity of a judged explanation: a regenerated explanation is judged again."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass
+class JudgeOutcome:
+    rating: int | None
+    answer: str | None
+    #: requests made for this row (1 + re-asks)
+    attempts: int
+    #: the first answer could not be parsed
+    first_unparseable: bool
+    #: a request failed for good (network/server), nothing to cache
+    failed: bool = False
+    history: list[str] = field(default_factory=list)
+
+
+def judge_many(
+    client: Any, conversations: Sequence[list[dict]], retries: int, desc: str = "judge", **params: Any
+) -> list[JudgeOutcome]:
+    """Ask the judge for every conversation; re-ask unparseable answers up to `retries` times.
+
+    Re-asks run in rounds over the still-unparsed rows, each extending its conversation with
+    the judge's previous answer and :data:`REASK`, so each round is one batched call.
+    """
+    convs = [list(c) for c in conversations]
+    outcomes = [JudgeOutcome(None, None, 0, False) for _ in convs]
+    todo = list(range(len(convs)))
+    for round_ in range(retries + 1):
+        if not todo:
+            break
+        answers = client.complete_many([convs[i] for i in todo], desc=desc if round_ == 0 else f"{desc} re-ask {round_}", **params)
+        nxt = []
+        for i, ans in zip(todo, answers):
+            out = outcomes[i]
+            out.attempts += 1
+            if ans is None:
+                out.failed = True
+                continue
+            out.answer = ans
+            out.history.append(ans)
+            out.rating = parse_rating(ans)
+            if out.rating is None:
+                if round_ == 0:
+                    out.first_unparseable = True
+                convs[i] = convs[i] + [{"role": "assistant", "content": ans}, {"role": "user", "content": REASK}]
+                nxt.append(i)
+        todo = nxt
+    return outcomes
+
+
+def rating_summary(ratings: Sequence[int | None]) -> dict[str, Any]:
+    """Mean over parsed ratings and the distribution (counts and shares) of 0..3."""
+    parsed = [r for r in ratings if r is not None]
+    counts = {str(r): sum(1 for x in parsed if x == r) for r in RATINGS}
+    n = len(parsed)
+    return {
+        "n_rated": n,
+        "mean": (sum(parsed) / n) if n else None,
+        "counts": counts,
+        "shares": {k: (v / n if n else None) for k, v in counts.items()},
+    }
+
+
+def decision_summary(explanations: Sequence[str], labels: Sequence[str]) -> dict[str, Any]:
+    """Share of explanations whose first decision phrase matches the label (undecided = wrong)."""
+    decisions = [decision_of(t) for t in explanations]
+    n = len(decisions)
+    agree = sum(1 for d, lab in zip(decisions, labels) if d is not None and d == normalise_label(lab))
+    undecided = sum(1 for d in decisions if d is None)
+    return {
+        "n": n,
+        "agree": agree,
+        "agreement": agree / n if n else None,
+        "undecided": undecided,
+        "undecided_share": undecided / n if n else None,
+        "said_yes": sum(1 for d in decisions if d == "Yes"),
+        "said_no": sum(1 for d in decisions if d == "No"),
+    }

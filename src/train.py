@@ -1,0 +1,293 @@
+"""Align the LLM to the recommender: ``python -m src.train --config X --task_type T [--force]``.
+
+Reads tasks/<T>_train.json and <T>_valid.json (T = behaviour | intention | both), trains
+LoRA (or the full model, ``llm.lora.enabled=false``) plus the two projectors with the HF
+``Trainer`` and writes cfg.llm_dir/<T>/: adapter/ or model/, projectors.pt, tokenizer/,
+train_log.jsonl (one row per logging/eval step) and meta.json (done marker + numbers).
+Checkpoints under <T>/checkpoints/ hold only the trainable weights plus optimizer state;
+a killed run resumes from the last one. The same entry point runs on CPU, one GPU, or
+many GPUs under ``accelerate launch`` with ``train.deepspeed=configs/deepspeed/zero2.json``
+(see shell/train.sh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from src.config import Config, ConfigError, add_config_args, config_from_args
+from src.data import TaskCollator, TaskDataset, load_task_records, subsample
+from src.model import (
+    META_FILE,
+    PROJECTORS_FILE,
+    TASK_TYPES,
+    RecEncoder,
+    RecExplainer,
+    _load_encoder,
+    build_model,
+    save_trained,
+)
+from src.utils import JsonlAppender, StageError, read_json, set_seed, setup_logging, write_json
+
+log = logging.getLogger("src.train")
+
+
+def _trainer_classes() -> tuple[type, type]:
+    """Trainer subclass + log callback (built lazily: importing Trainer is slow)."""
+    from transformers import Trainer, TrainerCallback
+
+    class RecTrainer(Trainer):
+        """Trainer whose checkpoints hold only what trains (adapter/weights + projectors).
+
+        WHY: the wrapper is not a PreTrainedModel, so the stock Trainer would write the
+        whole base model (13 GB for Vicuna-7B) into every checkpoint.
+        """
+
+        def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+            output_dir = output_dir or self.args.output_dir
+            if not self.args.should_save:
+                return
+            model = self.accelerator.unwrap_model(self.model)
+            os.makedirs(output_dir, exist_ok=True)
+            save_trained(model, self.processing_class, output_dir)
+            torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+            load_checkpoint_weights(model or self.model, Path(resume_from_checkpoint))
+
+    class JsonlLogCallback(TrainerCallback):
+        """Append each Trainer log (train loss, eval loss) to train_log.jsonl.
+
+        Rows are keyed by step and kind, so steps replayed after a resume are not doubled.
+        """
+
+        def __init__(self, path: Path) -> None:
+            self.path = path
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
+            if not state.is_world_process_zero or not logs:
+                return
+            kind = "eval" if any(k.startswith("eval_") for k in logs) else ("summary" if "train_runtime" in logs else "train")
+            row = {"key": f"{state.global_step}:{kind}", "step": state.global_step, "kind": kind, **logs}
+            with JsonlAppender(self.path, key="key") as app:
+                if row["key"] not in app.done:
+                    app.append(row)
+
+    return RecTrainer, JsonlLogCallback
+
+
+def load_checkpoint_weights(model: RecExplainer, ckpt: Path) -> None:
+    """Restore trainable weights written by RecTrainer._save into `model`."""
+    from safetensors.torch import load_file
+
+    if (ckpt / "adapter").is_dir():
+        from peft import set_peft_model_state_dict
+
+        f = ckpt / "adapter" / "adapter_model.safetensors"
+        if not f.is_file():
+            raise StageError(f"{ckpt}: checkpoint has no adapter weights at {f}")
+        set_peft_model_state_dict(model.lm, load_file(str(f)))
+    elif (ckpt / "model").is_dir():
+        from transformers import AutoModelForCausalLM
+
+        src = AutoModelForCausalLM.from_pretrained(ckpt / "model", dtype=model.lm.dtype)
+        model.lm.load_state_dict(src.state_dict())
+    else:
+        raise StageError(f"{ckpt}: not a checkpoint of src.train (no adapter/ or model/)")
+    model.load_projector_state(torch.load(ckpt / PROJECTORS_FILE, map_location="cpu", weights_only=True), str(ckpt))
+
+
+def training_arguments(cfg: Config, output_dir: Path, has_eval: bool, **extra: Any) -> Any:
+    """TrainingArguments from cfg.train (one place, so tests and the bench agree)."""
+    from transformers import TrainingArguments
+
+    t = cfg.train
+    if t.bf16 and t.fp16:
+        raise ConfigError("train.bf16 and train.fp16 cannot both be true")
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(output_dir),
+        num_train_epochs=t.epochs,
+        per_device_train_batch_size=t.per_device_batch_size,
+        per_device_eval_batch_size=t.per_device_batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.lr,
+        lr_scheduler_type="linear",
+        warmup_steps=t.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        weight_decay=0.0,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=t.eval_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=2,
+        bf16=t.bf16,
+        fp16=t.fp16,
+        gradient_checkpointing=t.gradient_checkpointing,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        remove_unused_columns=False,
+        prediction_loss_only=True,
+        report_to="none",
+        seed=t.seed,
+        data_seed=t.seed,
+        dataloader_num_workers=0,
+        disable_tqdm=not sys.stderr.isatty(),
+        optim="adamw_torch",
+    )
+    if t.deepspeed:
+        ds = cfg.resolve(t.deepspeed)
+        if not ds.is_file():
+            raise ConfigError(f"train.deepspeed: no DeepSpeed config at {ds}")
+        kwargs["deepspeed"] = str(ds)
+    kwargs.update(extra)
+    return TrainingArguments(**kwargs)
+
+
+def _last_checkpoint(ckpt_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+
+
+def train(
+    cfg: Config,
+    task_type: str,
+    force: bool = False,
+    rec_encoder: RecEncoder | None = None,
+    max_steps: int | None = None,
+    callbacks: list[Any] | None = None,
+    zero_projectors: bool = False,
+) -> Path:
+    """Train one task_type; returns the output directory. Skips if already done.
+
+    `zero_projectors` is the "injection off" ablation: both projectors output exactly
+    zero and stay frozen, so the LLM gets no information from the recommender vectors.
+    """
+    if task_type not in TASK_TYPES:
+        raise ConfigError(f"--task_type must be one of {', '.join(TASK_TYPES)}, got {task_type!r}")
+    out = cfg.llm_dir / task_type
+    meta_path = out / META_FILE
+    if meta_path.is_file() and read_json(meta_path).get("done") and not force:
+        log.info("%s already trained (%s); use --force to redo", task_type, meta_path)
+        return out
+    if force:
+        for p in (meta_path, out / "checkpoints", out / "train_log.jsonl"):
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    set_seed(cfg.train.seed)
+
+    train_path = cfg.tasks_dir / f"{task_type}_train.json"
+    valid_path = cfg.tasks_dir / f"{task_type}_valid.json"
+    train_recs = subsample(load_task_records(train_path), cfg.train.max_train_samples, cfg.train.seed)
+    valid_recs = []
+    if valid_path.is_file():
+        valid_recs = subsample(load_task_records(valid_path), cfg.train.max_eval_samples, cfg.train.seed)
+    else:
+        log.warning("no %s; training without evaluation", valid_path)
+
+    enc = rec_encoder if rec_encoder is not None else _load_encoder(cfg, "cpu", required=True)
+    model, tokenizer = build_model(cfg, enc)
+    if zero_projectors:
+        for proj in (model.user_proj, model.item_proj):
+            proj.zero_().requires_grad_(False)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("%s: %d trainable parameters (LoRA=%s)", task_type, n_train, cfg.llm.lora.enabled)
+    train_ds = TaskDataset(train_recs, tokenizer, cfg, desc=f"{task_type}_train")
+    eval_ds = TaskDataset(valid_recs, tokenizer, cfg, desc=f"{task_type}_valid") if valid_recs else None
+    collator = TaskCollator(tokenizer.pad_token_id, cfg.recmodel.max_seq_len,
+                            pad_to_multiple_of=8 if torch.cuda.is_available() else None)
+
+    ckpt_dir = out / "checkpoints"
+    extra = {"max_steps": max_steps} if max_steps else {}
+    args = training_arguments(cfg, ckpt_dir, has_eval=eval_ds is not None, **extra)
+    RecTrainer, JsonlLogCallback = _trainer_classes()
+    log_path = out / "train_log.jsonl"
+    trainer = RecTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=[JsonlLogCallback(log_path), *(callbacks or [])],
+    )
+    resume = _last_checkpoint(ckpt_dir)
+    if resume:
+        log.info("resuming from %s", resume)
+    t0 = time.time()
+    result = trainer.train(resume_from_checkpoint=resume)
+    wall = time.time() - t0
+    eval_metrics = trainer.evaluate() if eval_ds is not None else {}
+
+    if trainer.is_world_process_zero():
+        save_trained(trainer.accelerator.unwrap_model(trainer.model), tokenizer, out)
+        steps_done = trainer.state.global_step
+        per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        seen_frac = min(1.0, steps_done * per_step / max(1, len(train_ds)))
+        epochs = result.metrics.get("epoch", cfg.train.epochs)
+        tokens = train_ds.num_tokens() * (epochs if not max_steps else seen_frac)
+        losses = [r["loss"] for r in _read_log(log_path) if r.get("kind") == "train" and "loss" in r]
+        meta = {
+            "done": True,
+            "task_type": task_type,
+            "base_model": cfg.llm.base_model,
+            "lora": bool(cfg.llm.lora.enabled),
+            "chat_format": cfg.llm.chat_format,
+            "n_train": len(train_ds),
+            "n_eval": len(eval_ds) if eval_ds is not None else 0,
+            "n_truncated": train_ds.n_truncated + (eval_ds.n_truncated if eval_ds else 0),
+            "n_dropped": train_ds.n_dropped + (eval_ds.n_dropped if eval_ds else 0),
+            "trainable_params": n_train,
+            "global_step": steps_done,
+            "resumed_from": resume,
+            "train_runtime_s": round(wall, 2),
+            "tokens_per_s": round(tokens / wall, 2) if wall > 0 else None,
+            "loss_first": losses[0] if losses else None,
+            "loss_last": losses[-1] if losses else None,
+            "train_loss": result.training_loss,
+            "eval_loss": eval_metrics.get("eval_loss"),
+        }
+        write_json(meta_path, meta)
+        log.info(
+            "%s done: %d steps, loss %s -> %s, eval_loss %s, %.1f tokens/s -> %s",
+            task_type, steps_done, meta["loss_first"], meta["loss_last"], meta["eval_loss"],
+            meta["tokens_per_s"] or math.nan, out,
+        )
+    return out
+
+
+def _read_log(path: Path) -> list[dict]:
+    from src.utils import read_jsonl
+
+    return read_jsonl(path) if path.is_file() else []
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_config_args(parser)
+    parser.add_argument("--task_type", required=True, choices=list(TASK_TYPES))
+    parser.add_argument("--max_steps", type=int, default=None, help="stop after this many optimizer steps")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        cfg = config_from_args(args)
+        train(cfg, args.task_type, force=args.force, max_steps=args.max_steps)
+    except (StageError, ConfigError) as e:
+        log.error("%s", e)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

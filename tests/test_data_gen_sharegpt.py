@@ -1,0 +1,101 @@
+"""data_gen task 5: the ShareGPT reader and its place in every form's files."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from data_gen.inputs import load_sharegpt
+from data_gen.pipeline import run
+from src.utils import StageError
+from tests.fixtures_data_gen import build_root, sharegpt_fixture, tiny_config
+
+GOOD = {"good1", "good2", "good3", "trailing_human"}
+
+
+@pytest.fixture(autouse=True)
+def _no_api_env(monkeypatch):
+    for k in list(os.environ):
+        if k.startswith(("OPENAI_", "AZURE_OPENAI", "ENGINE")):
+            monkeypatch.delenv(k, raising=False)
+
+
+def test_reader_keeps_strict_alternation_within_budget(tmp_path):
+    path = tmp_path / "ShareGPT_V3_unfiltered_cleaned_split.json"
+    path.write_text(json.dumps(sharegpt_fixture()), encoding="utf-8")
+    kept, drops = load_sharegpt(path, max_chars=100)
+    assert {c["source_id"] for c in kept} == GOOD
+    assert [c["source_id"] for c in kept] == ["good1", "good2", "trailing_human", "good3"]  # file order
+    for c in kept:
+        roles = [t["from"] for t in c["conversations"]]
+        assert roles == ["human", "gpt"] * (len(roles) // 2)
+    trailing = next(c for c in kept if c["source_id"] == "trailing_human")
+    assert len(trailing["conversations"]) == 2  # unanswered last human turn dropped
+    assert drops["roles not strictly human/gpt alternating"] == 4  # starts_gpt, double_human, system, bing
+    assert drops["empty turn"] == 1
+    assert drops["first turn over the length budget"] == 1
+    assert drops["fewer than one human/gpt pair"] == 1
+    assert drops["no conversations list"] == 1
+    assert sum(drops.values()) + len(kept) == len(sharegpt_fixture())
+    kept_all, _ = load_sharegpt(path, max_chars=0)  # 0 = no budget
+    assert "too_long" in {c["source_id"] for c in kept_all}
+
+
+def test_reader_errors(tmp_path):
+    with pytest.raises(StageError, match="ShareGPT file not found"):
+        load_sharegpt(tmp_path / "nope.json", 100)
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"id": "x", "conversations": [', encoding="utf-8")
+    with pytest.raises(StageError, match="bad.json: malformed JSON"):
+        load_sharegpt(bad, 100)
+    bad.write_text('{"id": "x"}', encoding="utf-8")
+    with pytest.raises(StageError, match="expected a JSON list"):
+        load_sharegpt(bad, 100)
+
+
+def test_sharegpt_in_every_form(tmp_path):
+    build_root(tmp_path)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "sg.json").write_text(json.dumps(sharegpt_fixture()), encoding="utf-8")
+    cfg = tiny_config(tmp_path, "data_gen.sharegpt_file=sg.json", "data_gen.sharegpt_train=3",
+                      "data_gen.sharegpt_valid=5", "data_gen.sharegpt_max_chars=100")
+    stats = run(cfg)
+    files = {}
+    for f in ("behaviour", "intention", "both"):
+        for s in ("train", "valid", "test"):
+            files[f"{f}_{s}"] = [r for r in json.loads((tmp_path / "tasks" / f"{f}_{s}.json").read_text())
+                                 if r["type"] == "sharegpt"]
+    train_ids = [r["source_id"] for r in files["behaviour_train"]]
+    valid_ids = [r["source_id"] for r in files["behaviour_valid"]]
+    assert len(train_ids) == 3 and len(valid_ids) == 1  # only 4 usable conversations
+    assert set(train_ids) | set(valid_ids) == GOOD and not set(train_ids) & set(valid_ids)
+    for name, recs in files.items():
+        split = "train" if name.endswith("train") else "valid"
+        assert [r["source_id"] for r in recs] == (train_ids if split == "train" else valid_ids)
+        for r in recs:
+            assert r["question"] == r["conversations"][0]["value"] and r["answer"] == r["conversations"][1]["value"]
+            assert "<user>" not in r["question"] and r["iids_in_question"] == []
+    assert stats["table_b2"]["both_train"]["Task 5"] == 3
+    assert any("only 4 usable" in n for n in stats["notes"])
+    # seeded sample: the same seed picks the same conversations
+    run(cfg, force=True)
+    again = [r["source_id"] for r in json.loads((tmp_path / "tasks" / "behaviour_train.json").read_text())
+             if r["type"] == "sharegpt"]
+    assert again == train_ids
+
+
+def test_sharegpt_skipped_when_not_configured(tmp_path):
+    build_root(tmp_path)
+    stats = run(tiny_config(tmp_path))
+    assert any("task 5 (ShareGPT) skipped" in n for n in stats["notes"])
+    assert stats["table_b2"]["both_train"]["Task 5"] == 0
+
+
+def test_configured_but_missing_file_is_an_error(tmp_path):
+    build_root(tmp_path)
+    with pytest.raises(StageError, match="ShareGPT file not found"):
+        run(tiny_config(tmp_path, "data_gen.sharegpt_file=missing.json"))
+    assert not (tmp_path / "tasks").exists()

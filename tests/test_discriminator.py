@@ -1,0 +1,107 @@
+"""Discriminator data, classifier and score predictor on a separable toy set (tiny BERT, seconds)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from discriminator import data_gen, run_cls, run_reg
+from src.utils import read_json, read_jsonl
+from tests.fixtures_explan import make_tiny_bert, tiny_cfg
+
+# each method has its own vocabulary (the classifier's signal); the score is written in words
+STYLE = {"both": ["comedy", "pattern", "consistent"], "none": ["maybe", "perhaps", "unsure"],
+         "chatgpt": ["certainly", "delightful", "overall"]}
+SCORE_WORDS = {2.0: "strong", -2.0: "weak"}
+FILLER = ["the", "user", "item", "likes", "history", "and", "film"]
+
+
+def _write_explanations(cfg, n_pairs: int = 60) -> None:
+    rng = random.Random(0)
+    cfg.explain_dir.mkdir(parents=True, exist_ok=True)
+    pairs = []
+    for k in range(n_pairs):
+        score = rng.choice(list(SCORE_WORDS))
+        pairs.append((f"explan-valid-{k:05d}-pos", k + 1, 100 + k, score))
+    for method, words in STYLE.items():
+        with open(cfg.explain_dir / f"{method}_valid.jsonl", "w") as f:
+            for rid, uid, iid, score in pairs:
+                toks = [rng.choice(words) for _ in range(3)] + [SCORE_WORDS[score]] * 2 + rng.sample(FILLER, 3)
+                rng.shuffle(toks)
+                row = {"id": rid, "uid": uid, "iid": iid, "label": "Yes", "question": "q",
+                       "explanation": " ".join(toks), "method": method, "score": score}
+                f.write(json.dumps(row) + "\n")
+        # one empty explanation is left out, not trained on
+        with open(cfg.explain_dir / f"{method}_valid.jsonl", "a") as f:
+            f.write(json.dumps({"id": "explan-valid-99999-pos", "uid": 1, "iid": 1, "label": "No",
+                                "explanation": "  ", "score": 0.0}) + "\n")
+
+
+@pytest.fixture()
+def cfg(tmp_path):
+    words = [w for ws in STYLE.values() for w in ws] + list(SCORE_WORDS.values()) + FILLER
+    enc = make_tiny_bert(tmp_path / "bert", words)
+    c = tiny_cfg(tmp_path, f"discriminator.encoder={enc}", "discriminator.epochs=12", "discriminator.lr=0.003",
+                 "discriminator.batch_size=16", "discriminator.per_method=50", "discriminator.max_length=32",
+                 "discriminator.device=cpu", "discriminator.warmup_ratio=0.0", "discriminator.weight_decay=0.0")
+    _write_explanations(c)
+    return c
+
+
+def test_data_gen_split_is_shared_and_balanced(cfg):
+    stats = data_gen.build(cfg)
+    assert stats["cls_methods"] == ["both", "none", "chatgpt"] and stats["reg_methods"] == ["both", "none", "chatgpt"]
+    d = data_gen.data_dir(cfg)
+    train, test = read_jsonl(d / "cls_train.jsonl"), read_jsonl(d / "cls_test.jsonl")
+    assert stats["cls"]["per_method"] == 50 and len(train) + len(test) == 150
+    assert 0.1 <= len(test) / 150 <= 0.3
+    test_ids = {r["id"] for r in test}
+    assert not test_ids & {r["id"] for r in train}  # the same prompts never in both parts
+    for m, label in (("both", 0), ("none", 1), ("chatgpt", 2)):
+        assert {r["id"] for r in test if r["method"] == m} == test_ids  # same test prompts for every method
+        assert all(r["label"] == label for r in train + test if r["method"] == m)
+    reg_tests = [{r["id"] for r in read_jsonl(d / f"reg_{m}_test.jsonl")} for m in STYLE]
+    assert reg_tests[0] == reg_tests[1] == reg_tests[2]
+    assert all(r["text"].strip() for r in train)
+    # a second call skips; --force rebuilds byte-identical files (seeded)
+    before = (d / "cls_train.jsonl").read_bytes()
+    data_gen.build(cfg, force=True)
+    assert (d / "cls_train.jsonl").read_bytes() == before
+
+
+def test_data_gen_needs_explanations(tmp_path):
+    from src.utils import StageError
+
+    c = tiny_cfg(tmp_path)
+    with pytest.raises(StageError, match="no discriminator data"):
+        data_gen.build(c)
+    assert not data_gen.data_dir(c).exists() or not any(data_gen.data_dir(c).iterdir())
+
+
+def test_classifier_and_regressor_learn_separable_toy_set(cfg, capsys):
+    data_gen.build(cfg)
+    m = run_cls.run(cfg)
+    assert m["accuracy"] >= 0.9
+    assert set(m["per_class"]) == {"RecExplainer-H", "tiny (unaligned)", "ChatGPT-style API"}
+    assert all(v["recall"] >= 0.8 for v in m["per_class"].values())
+    cm = m["confusion_matrix"]
+    assert sum(map(sum, cm)) == m["n_test"] and sum(cm[k][k] for k in range(3)) / m["n_test"] == pytest.approx(m["accuracy"])
+    out = run_cls.out_dir(cfg)
+    png = (out / "confusion.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert len(read_jsonl(out / "predictions.jsonl")) == m["n_test"]
+    assert not list(out.glob(".trainer-*"))  # scratch folder removed
+
+    res = run_reg.run(cfg, ["both"])
+    r = res["both"]
+    assert r["n_test"] >= 5
+    assert r["mse"] < 0.5 * r["baseline_mse"]  # the text carries the score
+    assert r["pearson"] > 0.8
+    table = (cfg.tables_dir / "table3.md").read_text()
+    assert "RecExplainer-H" in table and f"{r['mse']:.4f}" in table
+    assert read_json(run_reg.out_dir(cfg) / "metrics.json")["both"]["mse"] == r["mse"]
+    assert "Table 3" in capsys.readouterr().out
+    # cached: a second call reuses the metrics for unchanged data
+    assert run_reg.run(cfg, ["both"])["both"] == r

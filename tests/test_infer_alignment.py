@@ -1,0 +1,142 @@
+"""src.infer_alignment end to end on the tiny profile: outputs, resume, skip/force, ICL, API, errors."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import src.infer_alignment as ia
+from src.infer_alignment import attach_icl_examples, evaluate, load_eval_records, main, output_paths
+from src.model import load_trained
+from src.utils import JsonlAppender, read_jsonl
+from tests.fixtures_eval import TITLES, setup_eval_root
+from tests.fixtures_explan import FakeOpenAI, clear_api_env
+from tests.fixtures_llm import FakeEncoder
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory):
+    cfg = setup_eval_root(tmp_path_factory.mktemp("model"))
+    torch.manual_seed(0)
+    model, tok = load_trained(cfg, "none", rec_encoder=FakeEncoder(16))
+    with torch.no_grad():
+        for p in list(model.user_proj.parameters()) + list(model.item_proj.parameters()):
+            p.normal_(0, 0.5)
+    return model, tok
+
+
+def test_uid2next_writes_rows_and_metrics_with_constrained_beside(tmp_path, loaded):
+    cfg = setup_eval_root(tmp_path)
+    m = evaluate(cfg, "intention", "uid2next", loaded=loaded)
+    paths = output_paths(cfg, "intention", "uid2next", "valid")
+    rows = read_jsonl(paths["rows"])
+    crows = read_jsonl(paths["constrained_rows"])
+    assert len(rows) == len(crows) == m["n"] == 12
+    assert all(len(r["generations"]) == cfg.eval.num_beams for r in rows)
+    assert all(g in TITLES for r in crows for g in r["generations"])
+    on_disk = json.loads(paths["metrics"].read_text())
+    assert on_disk["hr@5"] == m["hr@5"] and "ndcg@5" in on_disk
+    assert set(on_disk["constrained"]) == {"hr@5", "ndcg@5", "n"}
+    # the recorded metrics are exactly src.metrics applied to the rows on disk
+    from src.metrics import compute_metrics
+    assert compute_metrics("uid2next", crows)["hr@5"] == pytest.approx(on_disk["constrained"]["hr@5"])
+
+
+def test_resume_after_interruption_gives_the_same_metrics(tmp_path, loaded, monkeypatch):
+    ref_cfg = setup_eval_root(tmp_path / "ref")
+    ref = evaluate(ref_cfg, "intention", "uidiid2rank", loaded=loaded)
+    ref_bin = evaluate(ref_cfg, "intention", "uidiid2binary", loaded=loaded)
+
+    cfg = setup_eval_root(tmp_path / "cut")
+    real_append = JsonlAppender.append
+    calls = {"n": 0}
+
+    def failing_append(self, row):
+        calls["n"] += 1
+        if calls["n"] == 5:  # mid-batch (batch_size 3): rows 1-4 are on disk
+            raise KeyboardInterrupt
+        real_append(self, row)
+
+    monkeypatch.setattr(JsonlAppender, "append", failing_append)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(cfg, "intention", "uidiid2rank", loaded=loaded)
+    monkeypatch.setattr(JsonlAppender, "append", real_append)
+    paths = output_paths(cfg, "intention", "uidiid2rank", "valid")
+    assert not paths["metrics"].exists()
+    assert len(read_jsonl(paths["rows"])) == 4
+    with open(paths["rows"], "a") as f:  # a torn last line, as a kill during a write leaves
+        f.write('{"id": "valid-emb-rank-')
+    resumed = evaluate(cfg, "intention", "uidiid2rank", loaded=loaded)
+    assert resumed["ndcg@5"] == pytest.approx(ref["ndcg@5"]) and resumed["n"] == ref["n"]
+    rows = read_jsonl(paths["rows"])
+    assert len(rows) == 12 and len({r["id"] for r in rows}) == 12
+    ref_rows = {r["id"]: r["generations"] for r in read_jsonl(output_paths(ref_cfg, "intention", "uidiid2rank", "valid")["rows"])}
+    assert {r["id"]: r["generations"] for r in rows} == ref_rows
+    assert evaluate(cfg, "intention", "uidiid2binary", loaded=loaded)["acc"] == ref_bin["acc"]
+
+
+def test_existing_metrics_are_skipped_unless_forced(tmp_path, loaded, monkeypatch):
+    cfg = setup_eval_root(tmp_path)
+    first = evaluate(cfg, "both", "iid2title", loaded=loaded)
+    called = {"n": 0}
+    real = ia.run_local
+
+    def counting(*a, **k):
+        called["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(ia, "run_local", counting)
+    assert evaluate(cfg, "both", "iid2title", loaded=loaded) == first
+    assert called["n"] == 0
+    again = evaluate(cfg, "both", "iid2title", loaded=loaded, force=True)
+    assert called["n"] == 1 and again["acc"] == first["acc"]
+
+
+def test_icl_examples_are_seeded_same_task_and_recorded(tmp_path, loaded):
+    cfg = setup_eval_root(tmp_path)
+    recs = load_eval_records(cfg, "none", "uidiid2binary", "valid")
+    a = attach_icl_examples(cfg, recs, "uidiid2binary")
+    b = attach_icl_examples(cfg, recs, "uidiid2binary")
+    assert [r["icl"] for r in a] == [r["icl"] for r in b]
+    assert all(len(r["icl"]) == 2 and all(e["id"].startswith("train-text-bin-") for e in r["icl"]) for r in a)
+    assert len({tuple(e["id"] for e in r["icl"]) for r in a}) > 1  # drawn per record
+    m = evaluate(cfg, "none", "uidiid2binary", icl=True, loaded=loaded)
+    assert m["method"] == "none_icl"
+    rows = read_jsonl(output_paths(cfg, "none_icl", "uidiid2binary", "valid")["rows"])
+    assert {r["id"]: r["icl_ids"] for r in rows} == {r["id"]: [e["id"] for e in r["icl"]] for r in a}
+
+
+def test_gpt4_icl_through_the_api_client(tmp_path, monkeypatch):
+    clear_api_env(monkeypatch)
+    cfg = setup_eval_root(tmp_path)
+    assert evaluate(cfg, "gpt4", "uidiid2binary", icl=True) is None  # no endpoint: skipped
+    assert not (cfg.eval_dir / "gpt4_icl").exists()
+
+    def answer(body, idx):
+        return 200, "Yes, because the user liked similar movies."
+
+    with FakeOpenAI(answer) as srv:
+        monkeypatch.setenv("OPENAI_API_BASE", srv.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+        monkeypatch.setenv("ENGINE", "gpt-4")
+        m = evaluate(cfg, "gpt4", "uidiid2binary", icl=True)
+        assert len(srv.requests) == 12
+        msgs = srv.requests[0]["messages"]
+        assert [x["role"] for x in msgs] == ["user", "assistant", "user", "assistant", "user"]
+        assert msgs[1]["content"] in ("Yes", "No")
+    assert m["method"] == "gpt4_icl" and m["acc"] == pytest.approx(0.5)  # half the labels are Yes
+
+
+def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    cfg = setup_eval_root(tmp_path)
+    base = ["--config", "configs/tiny.yaml", "--set", f"paths.root={cfg.root}"]
+    assert main(base + ["--task_type", "none", "--inference_mode", "uid2hist"]) == 2
+    err = capsys.readouterr().err
+    assert "no records of type 'uid2hist'" in err and "behaviour_valid.json" in err
+    (cfg.tasks_dir / "both_valid.json").write_text('[{"id": "x", "type": "uid2next"}]')
+    assert main(base + ["--task_type", "both", "--inference_mode", "uid2next"]) == 2
+    assert "lacks field(s) question, answer" in capsys.readouterr().err
+    assert main(base + ["--task_type", "both", "--inference_mode", "uid2next", "--split", "test"]) == 2
+    assert "both_test.json" in capsys.readouterr().err
+    assert not list(cfg.eval_dir.glob("**/*.metrics.json"))  # no partial outputs

@@ -1,0 +1,149 @@
+"""Generation helpers: title trie, constrained decoding, batching, Yes/No scoring, ICL prompts."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from src.chat import build_prompt, encode_answer
+from src.generation import (
+    TitleTrie,
+    build_icl_prompt,
+    build_title_trie,
+    collate,
+    generate_texts,
+    score_yes_no,
+    suppressed_token_ids,
+    yes_no_token_ids,
+)
+from src.model import load_trained
+from tests.fixtures_eval import TITLES, make_records, setup_eval_root
+from tests.fixtures_llm import FakeEncoder
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    cfg = setup_eval_root(tmp_path_factory.mktemp("gen"))
+    torch.manual_seed(0)
+    model, tok = load_trained(cfg, "none", rec_encoder=FakeEncoder(16))
+    # untrained projectors output zero; give them weights so markers really change the input
+    with torch.no_grad():
+        for p in list(model.user_proj.parameters()) + list(model.item_proj.parameters()):
+            p.normal_(0, 0.5)
+    seqs = {u: [int(x) for x in line.split()[1:]] for u, line in
+            ((int(l.split()[0]), l) for l in (cfg.data_dir / "sequences.txt").read_text().splitlines())}
+    return SimpleNamespace(cfg=cfg, model=model, tok=tok, text=make_records(seqs, "text", "valid"),
+                           emb=make_records(seqs, "emb", "valid"))
+
+
+def test_trie_next_tokens_and_completion():
+    trie = TitleTrie()
+    trie.add([1, 2, 9])
+    trie.add([1, 3, 9])
+    trie.add([4, 9])
+    assert trie.next_tokens([]) == [1, 4]
+    assert trie.next_tokens([1]) == [2, 3]
+    assert trie.next_tokens([1, 2]) == [9]
+    assert trie.next_tokens([1, 2, 9]) == []  # complete: nothing may follow
+    assert trie.next_tokens([7]) == []  # off the trie
+    assert trie.contains([4, 9]) and not trie.contains([1, 2]) and len(trie) == 3
+
+
+def test_trie_holds_titles_as_trained_answers(env):
+    trie = build_title_trie(env.tok, TITLES, env.cfg)
+    assert len(trie) == len(TITLES)
+    for t in TITLES[:5]:
+        assert trie.contains(encode_answer(env.tok, "q", t, env.cfg))
+
+
+def test_constrained_decoding_only_emits_real_titles(env):
+    trie = build_title_trie(env.tok, TITLES, env.cfg)
+    recs = [r for r in env.text + env.emb if r["type"] == "uid2next"]
+    free = generate_texts(env.model, env.tok, recs, env.cfg, max_new_tokens=12, num_beams=3, num_return_sequences=3)
+    cons = generate_texts(env.model, env.tok, recs, env.cfg, max_new_tokens=12, num_beams=3,
+                          num_return_sequences=3, trie=trie)
+    assert len(cons) == len(recs) and all(len(c) == 3 for c in cons)
+    assert all(t in TITLES for c in cons for t in c)
+    assert all(len(set(c)) == 3 for c in cons)  # distinct beams = distinct titles
+    # the untrained model does not produce titles on its own: the constraint did the work
+    assert not all(t in TITLES for c in free for t in c)
+
+
+def test_batched_generation_equals_one_at_a_time(env):
+    recs = [r for r in env.text + env.emb if r["type"] in ("uid2next", "uidiid2rank")][:8]
+    batched = generate_texts(env.model, env.tok, recs, env.cfg, max_new_tokens=8, batch_size=4)
+    single = generate_texts(env.model, env.tok, recs, env.cfg, max_new_tokens=8, batch_size=1)
+    assert batched == single
+    batch = collate(env.tok, recs[:4], env.cfg, 200)
+    # left padding: every row ends with its prompt, pads only at the start
+    assert bool((batch["attention_mask"][:, -1] == 1).all())
+
+
+def test_special_tokens_are_never_generated(env):
+    stop = [env.tok.eos_token_id]
+    sup = suppressed_token_ids(env.tok, stop)
+    for t in ("<user>", "<item>", env.tok.pad_token, env.tok.bos_token):
+        assert env.tok.convert_tokens_to_ids(t) in sup
+    assert env.tok.eos_token_id not in sup
+    recs = [r for r in env.emb if r["type"] == "uid2hist"]
+    outs = generate_texts(env.model, env.tok, recs, env.cfg, max_new_tokens=10)
+    assert not any("<user>" in o[0] or "<item>" in o[0] for o in outs)
+
+
+def test_yes_no_scores_match_an_unpadded_forward(env):
+    recs = [r for r in env.text + env.emb if r["type"] == "uidiid2binary"]
+    got = score_yes_no(env.model, env.tok, recs, env.cfg, batch_size=5)
+    yes, no = yes_no_token_ids(env.tok, env.cfg)
+    assert yes == encode_answer(env.tok, "q", "Yes", env.cfg)[0] and no == encode_answer(env.tok, "q", "No", env.cfg)[0]
+    for rec, g in zip(recs, got):
+        b = collate(env.tok, [rec], env.cfg, 250)
+        with torch.no_grad():
+            logits = env.model(b["input_ids"], b["attention_mask"], user_histories=b["user_histories"],
+                               item_ids=b["item_ids"]).logits[0, -1]
+        lp = torch.log_softmax(logits.float(), -1)
+        assert g["logp_yes"] == pytest.approx(float(lp[yes]), abs=1e-4)
+        assert g["logp_no"] == pytest.approx(float(lp[no]), abs=1e-4)
+        assert g["pred"] == ("Yes" if g["logp_yes"] >= g["logp_no"] else "No")
+
+
+class _ScriptedLM(nn.Module):
+    """An LM whose next-token scores favour "Yes" on prompts of even length, "No" otherwise."""
+
+    def __init__(self, vocab: int, yes: int, no: int) -> None:
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(1))
+        self.vocab, self.yes, self.no = vocab, yes, no
+
+    def forward(self, input_ids, attention_mask, **kw):
+        B = input_ids.shape[0]
+        logits = torch.zeros(B, 1, self.vocab)
+        even = attention_mask.sum(-1) % 2 == 0
+        logits[:, 0, self.yes] = torch.where(even, 3.0, 1.0)
+        logits[:, 0, self.no] = torch.where(even, 1.0, 3.0)
+        return SimpleNamespace(logits=logits)
+
+
+def test_yes_no_scorer_picks_the_more_probable_token(env):
+    yes, no = yes_no_token_ids(env.tok, env.cfg)
+    lm = _ScriptedLM(len(env.tok), yes, no)
+    recs = [r for r in env.text if r["type"] == "uidiid2binary"]
+    got = score_yes_no(lm, env.tok, recs, env.cfg, batch_size=4)
+    for rec, g in zip(recs, got):
+        n = len(collate(env.tok, [rec], env.cfg, 250)["input_ids"][0])
+        assert g["pred"] == ("Yes" if n % 2 == 0 else "No")
+        assert g["logp_yes"] != g["logp_no"]
+    assert {g["pred"] for g in got} == {"Yes", "No"}
+
+
+def test_icl_prompt_places_examples_before_the_question(env):
+    ex = [{"question": "Q-one?", "answer": "A-one"}, {"question": "Q-two?", "answer": "A-two"}]
+    p = build_icl_prompt(env.tok, ex, "Final question?", env.cfg)
+    assert p.index("Q-one?") < p.index("A-one") < p.index("Q-two?") < p.index("A-two") < p.index("Final question?")
+    assert p.endswith(build_prompt(env.tok, "Final question?", env.cfg).split("Final question?")[-1])
+    rec = {**env.text[0], "icl": [{"id": "e", **e} for e in ex]}
+    with_icl = collate(env.tok, [rec], env.cfg, 500)["input_ids"]
+    without = collate(env.tok, [env.text[0]], env.cfg, 500)["input_ids"]
+    assert with_icl.shape[1] > without.shape[1]
+    # too little room: examples are dropped rather than the question cut
+    assert collate(env.tok, [rec], env.cfg, without.shape[1])["input_ids"].shape[1] == without.shape[1]

@@ -1,0 +1,177 @@
+"""Projector injection, answer-only loss, gradients, generation, save/load and merge."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from src.chat import collate_for_generation, marker_ids
+from src.data import TaskCollator, TaskDataset
+from src.merge import merge
+from src.model import META_FILE, build_model, load_trained, save_trained
+from src.utils import StageError, write_json
+from tests.fixtures_llm import FakeEncoder, mixed_records, tiny_cfg, write_tasks
+
+
+def _perturb(model, seed: int = 0) -> None:
+    """Give LoRA B (zero at init) and the projectors non-trivial values."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    cfg = tiny_cfg(tmp_path_factory.mktemp("llm_model"))
+    write_tasks(cfg, "intention", mixed_records(16, 0), mixed_records(4, 1))
+    enc = FakeEncoder()
+    model, tok = build_model(cfg, enc)
+    _perturb(model)
+    model.eval()
+    recs = mixed_records(6, 2)
+    return cfg, enc, model, tok, recs
+
+
+def _train_batch(cfg, tok, recs):
+    ds = TaskDataset(recs, tok, cfg)
+    return TaskCollator(tok.pad_token_id, cfg.recmodel.max_seq_len)([ds[i] for i in range(len(ds))])
+
+
+def test_projected_vectors_land_exactly_on_markers(setup):
+    cfg, enc, model, tok, recs = setup
+    b = collate_for_generation(tok, recs, cfg)
+    ids = b["input_ids"]
+    user_id, item_id = marker_ids(tok)
+    with torch.no_grad():
+        plain = model.lm.get_input_embeddings()(ids)
+        inj = model.embed_inputs(ids, b["user_histories"], b["item_ids"])
+        changed = (inj - plain).abs().amax(-1) > 0
+        assert torch.equal(changed, (ids == user_id) | (ids == item_id))
+        want_u = model.user_proj(enc.encode_users(b["user_histories"]))
+        want_i = model.item_proj(enc.encode_items(b["item_ids"]))
+    torch.testing.assert_close(inj[ids == user_id] - plain[ids == user_id], want_u, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(inj[ids == item_id] - plain[ids == item_id], want_i, rtol=1e-5, atol=1e-6)
+    assert len(b["item_ids"]) > 1  # several <item> rows, written in order
+
+
+def test_injection_changes_logits_from_the_first_marker_on(setup):
+    cfg, enc, model, tok, recs = setup
+    b = collate_for_generation(tok, recs[:1], cfg)
+    ids, mask = b["input_ids"], b["attention_mask"]
+    with torch.no_grad():
+        with_inj = model(**b).logits
+        without = model.lm(input_ids=ids, attention_mask=mask).logits
+    first = int(((ids == marker_ids(tok)[0]) | (ids == marker_ids(tok)[1]))[0].nonzero()[0])
+    torch.testing.assert_close(with_inj[:, :first], without[:, :first])  # causal: nothing before it moves
+    assert (with_inj[:, first:] - without[:, first:]).abs().max() > 1e-3
+
+
+def test_marker_count_mismatch_is_a_clear_error(setup):
+    cfg, enc, model, tok, recs = setup
+    b = collate_for_generation(tok, recs, cfg)
+    with pytest.raises(StageError, match=r"<user>: the batch has \d+ marker token\(s\) but \d+ encoder input"):
+        model.embed_inputs(b["input_ids"], b["user_histories"][1:], b["item_ids"])
+    with pytest.raises(StageError, match="<item>"):
+        model.embed_inputs(b["input_ids"], b["user_histories"], b["item_ids"][:-1])
+
+
+def test_answer_position_loss_equals_full_logits_loss(setup):
+    cfg, enc, model, tok, recs = setup
+    batch = _train_batch(cfg, tok, recs)
+    with torch.no_grad():
+        fast = model(**batch).loss
+        full = model(**batch, full_logits=True).loss
+        assert model(**batch).logits is None  # the head really was skipped
+        ref = torch.nn.functional.cross_entropy(
+            model(**{k: v for k, v in batch.items() if k != "labels"}).logits[:, :-1].flatten(0, 1),
+            batch["labels"][:, 1:].flatten(), ignore_index=-100)
+        n = int((batch["labels"] != -100).sum())
+        scaled = model(**batch, num_items_in_batch=2 * n).loss
+    torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(scaled, fast / 2, rtol=1e-5, atol=1e-6)
+
+
+def test_gradients_reach_projectors_and_lora_not_recommender(setup):
+    cfg, enc, model, tok, recs = setup
+    batch = _train_batch(cfg, tok, recs)
+    model.train()
+    model.zero_grad(set_to_none=True)
+    model(**batch).loss.backward()
+    model.eval()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    for name in ("user_proj.0.weight", "user_proj.2.weight", "item_proj.0.weight", "item_proj.2.bias"):
+        assert grads[name] is not None and grads[name].abs().sum() > 0, name
+    lora = [n for n in grads if "lora_" in n]
+    assert lora and all(grads[n] is not None and grads[n].abs().sum() > 0 for n in lora)
+    assert all(p.grad is None and not p.requires_grad for p in enc.parameters())
+    frozen = [n for n in grads if n.startswith("lm.") and "lora_" not in n]  # base LM weights
+    assert frozen and all(grads[n] is None for n in frozen)
+    assert not enc.training  # recommender stays in eval mode through model.train()
+    model.zero_grad(set_to_none=True)
+
+
+def test_generation_uses_cache_and_never_emits_markers(setup):
+    cfg, enc, model, tok, recs = setup
+    user_id, item_id = marker_ids(tok)
+    b = collate_for_generation(tok, recs[:3], cfg)
+    emb = model.lm.get_input_embeddings().weight
+    saved = emb[user_id].clone()
+    with torch.no_grad():
+        emb[user_id] *= 200  # tied head: <user> now dominates every logit
+    try:
+        with torch.no_grad():
+            raw = model.lm.generate(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                                    max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+        assert (raw[:, b["input_ids"].shape[1]:] == user_id).any()  # unsuppressed, it would emit it
+        cached = model.generate(**b, max_new_tokens=6, do_sample=False)
+        nocache = model.generate(**b, max_new_tokens=6, do_sample=False, use_cache=False)
+    finally:
+        with torch.no_grad():
+            emb[user_id] = saved
+    assert torch.equal(cached[:, : b["input_ids"].shape[1]], b["input_ids"])  # prompt + new ids, like HF
+    new = cached[:, b["input_ids"].shape[1]:]
+    assert not ((new == user_id) | (new == item_id)).any()
+    assert torch.equal(cached, nocache)
+    beams = model.generate(**b, max_new_tokens=4, num_beams=3, num_return_sequences=2, do_sample=False)
+    assert beams.shape[0] == 6
+
+
+def test_save_load_identical_logits_and_merge(setup):
+    cfg, enc, model, tok, recs = setup
+    out = cfg.llm_dir / "intention"
+    save_trained(model, tok, out)
+    write_json(out / META_FILE, {"done": True, "lora": True, "task_type": "intention"})
+    b = collate_for_generation(tok, recs, cfg)
+    with torch.no_grad():
+        ref = model(**b).logits
+        loaded, tok2 = load_trained(cfg, "intention", rec_encoder=enc)
+        assert not loaded.training and tok2.get_vocab() == tok.get_vocab()
+        assert torch.equal(loaded(**b).logits, ref)
+        merged_dir = merge(cfg, "intention")
+        assert (merged_dir / "model" / "config.json").is_file() and not (merged_dir / "model" / "adapter_config.json").exists()
+        merged, _ = load_trained(cfg, "intention", rec_encoder=enc, merged=True)
+        assert not hasattr(merged.lm, "peft_config")
+        torch.testing.assert_close(merged(**b).logits, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_full_finetune_save_load_and_none_baseline(tmp_path):
+    cfg = tiny_cfg(tmp_path, "llm.lora.enabled=false")
+    enc = FakeEncoder()
+    model, tok = build_model(cfg, enc)
+    assert all(p.requires_grad for p in model.lm.parameters())
+    _perturb(model, 1)
+    model.eval()
+    save_trained(model, tok, cfg.llm_dir / "both")
+    write_json(cfg.llm_dir / "both" / META_FILE, {"done": True, "lora": False})
+    b = collate_for_generation(tok, mixed_records(3, 9), cfg)
+    with torch.no_grad():
+        loaded, _ = load_trained(cfg, "both", rec_encoder=enc)
+        assert torch.equal(loaded(**b).logits, model(**b).logits)
+        base, _ = load_trained(cfg, "none", rec_encoder=enc)
+        plain = base.lm.get_input_embeddings()(b["input_ids"])
+        assert torch.equal(base.embed_inputs(b["input_ids"], b["user_histories"], b["item_ids"]), plain)
+    with pytest.raises(StageError, match="meta.json"):
+        load_trained(cfg, "behaviour", rec_encoder=enc)

@@ -1,0 +1,100 @@
+"""End-to-end training on the tiny profile: injection carries information; resume; skip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from src.chat import collate_for_generation
+from src.model import load_trained
+from src.train import main, train
+from src.utils import read_json, read_jsonl
+from tests.fixtures_llm import CLUSTERS, FakeEncoder, cluster_records, mixed_records, tiny_cfg, write_tasks
+
+FAST = ["llm.lora.enabled=false", "train.epochs=10", "train.lr=0.003", "train.per_device_batch_size=16",
+        "train.logging_steps=10", "train.eval_steps=80", "train.save_steps=1000"]
+
+
+def _exact_match(cfg, enc, recs) -> float:
+    model, tok = load_trained(cfg, "intention", rec_encoder=enc)
+    b = collate_for_generation(tok, recs, cfg)
+    out = model.generate(**b, max_new_tokens=4, do_sample=False)
+    texts = tok.batch_decode(out[:, b["input_ids"].shape[1]:], skip_special_tokens=True)
+    return sum(t.strip() == r["answer"] for t, r in zip(texts, recs)) / len(recs)
+
+
+@pytest.mark.slow
+def test_intention_training_reads_the_user_embedding(tmp_path):
+    """The question text is identical for all samples; only <user>'s vector says the answer."""
+    test_recs = cluster_records(48, 7, "t")
+    majority = max(sum(r["answer"] == c for r in test_recs) for c in CLUSTERS) / len(test_recs)
+    accs = {}
+    for name, zero in (("injected", False), ("zeroed", True)):
+        cfg = tiny_cfg(tmp_path / name, *FAST)
+        write_tasks(cfg, "intention", cluster_records(256, 0), cluster_records(32, 1, "v"))
+        enc = FakeEncoder()
+        out = train(cfg, "intention", rec_encoder=enc, zero_projectors=zero)
+        meta = read_json(out / "meta.json")
+        assert meta["done"] and meta["global_step"] == 160 and meta["loss_last"] < meta["loss_first"]
+        accs[name] = _exact_match(cfg, enc, test_recs)
+    assert accs["injected"] >= 0.9, accs
+    assert accs["zeroed"] <= majority + 0.1, accs  # without the vector it can only guess
+
+
+class _StopAt(TrainerCallback):
+    """Simulates a killed run: stop right after step `n` (a checkpoint is written there)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == self.n:
+            control.should_training_stop = True
+        return control
+
+
+def _losses(out):
+    return {r["step"]: r["loss"] for r in read_jsonl(out / "train_log.jsonl") if r["kind"] == "train"}
+
+
+@pytest.mark.slow
+def test_resume_continues_from_last_checkpoint(tmp_path):
+    over = ["train.per_device_batch_size=4", "train.logging_steps=1", "train.save_steps=5", "train.eval_steps=100",
+            "train.max_train_samples=80", "train.max_eval_samples=4"]
+    enc = FakeEncoder()
+    recs = mixed_records(100, 0)
+    full_cfg = tiny_cfg(tmp_path / "full", *over)
+    write_tasks(full_cfg, "behaviour", recs, mixed_records(8, 1))
+    full = _losses(train(full_cfg, "behaviour", rec_encoder=enc, max_steps=20))
+
+    cfg = tiny_cfg(tmp_path / "killed", *over)
+    write_tasks(cfg, "behaviour", recs, mixed_records(8, 1))
+    out = train(cfg, "behaviour", rec_encoder=enc, max_steps=20, callbacks=[_StopAt(10)])
+    assert (out / "checkpoints" / "checkpoint-10" / "projectors.pt").is_file()
+    assert not (out / "checkpoints" / "checkpoint-10" / "model.safetensors").exists()  # trainable parts only
+    (out / "meta.json").unlink()  # as if the process had died after checkpoint-10
+    train(cfg, "behaviour", rec_encoder=enc, max_steps=20)
+    meta = read_json(out / "meta.json")
+    assert meta["resumed_from"].endswith("checkpoint-10") and meta["global_step"] == 20
+    resumed = _losses(out)
+    assert sorted(resumed) == list(range(1, 21))  # every step logged once, none replayed twice
+    for step in (11, 15, 20):  # same data order, weights, optimizer and schedule as the full run
+        assert resumed[step] == pytest.approx(full[step], rel=1e-4), step
+
+
+def test_skip_when_done_force_redo_and_cli_errors(tmp_path, caplog):
+    cfg = tiny_cfg(tmp_path, "train.max_train_samples=8", "train.per_device_batch_size=4", "train.save_steps=1000")
+    write_tasks(cfg, "both", mixed_records(12, 0), mixed_records(4, 1))
+    enc = FakeEncoder()
+    out = train(cfg, "both", rec_encoder=enc)
+    stamp = (out / "meta.json").stat().st_mtime_ns
+    assert train(cfg, "both", rec_encoder=enc) == out and (out / "meta.json").stat().st_mtime_ns == stamp
+    train(cfg, "both", rec_encoder=enc, force=True)
+    assert (out / "meta.json").stat().st_mtime_ns != stamp
+    rows = read_jsonl(out / "train_log.jsonl")
+    assert rows[0]["step"] == 1 and "loss" in rows[0]
+    assert {"adapter", "projectors.pt", "tokenizer", "meta.json"} <= {p.name for p in out.iterdir()}
+    # a missing task file is one clear message and exit code 2
+    assert main(["--config", "configs/tiny.yaml", "--set", f"paths.root={tmp_path}/none", "--task_type", "intention"]) == 2
+    assert "intention_train.json" in caplog.text and "data_gen" in caplog.text

@@ -1,0 +1,121 @@
+"""Alignment metrics against hand-computed cases (paper 3.1.1)."""
+
+import math
+
+import pytest
+
+from src.metrics import (
+    binary_correct,
+    compute_metrics,
+    exact_match,
+    history_coverage,
+    hit_ndcg_at_k,
+    parse_yes_no,
+    rank_ndcg_from_text,
+    ranking_ndcg,
+    split_titles,
+    yes_no_decision,
+)
+
+L2 = math.log2
+IDCG_RANK = 1000 / L2(2) + 100 / L2(3) + 10 / L2(4) + 1 / L2(5) + 0 / L2(6)
+
+
+def test_hit_ndcg_exact_match_ignores_case_and_surrounding_whitespace():
+    preds = ["Heat (1995)", "  toy story (1995) ", "Fargo (1996)"]
+    hr, ndcg = hit_ndcg_at_k(preds, "Toy Story (1995)")
+    assert hr == 1.0
+    assert ndcg == pytest.approx(1 / L2(3))
+    # inner differences are not forgiven: strict string match
+    assert hit_ndcg_at_k(["Toy  Story (1995)"], "Toy Story (1995)") == (0.0, 0.0)
+
+
+def test_hit_ndcg_duplicates_count_once_at_first_position():
+    preds = ["Heat (1995)", "Heat (1995)", "Fargo (1996)", "fargo (1996)", "Up (2009)"]
+    hr, ndcg = hit_ndcg_at_k(preds, "Fargo (1996)")
+    assert hr == 1.0 and ndcg == pytest.approx(1 / L2(4))  # position 3, never summed
+    assert hit_ndcg_at_k(["A", "A", "A"], "A") == (1.0, 1.0)
+
+
+def test_hit_ndcg_fewer_than_k_empty_and_beyond_k():
+    assert hit_ndcg_at_k(["A", "B"], "B") == (1.0, pytest.approx(1 / L2(3)))
+    assert hit_ndcg_at_k([], "B") == (0.0, 0.0)
+    assert hit_ndcg_at_k([""], "B") == (0.0, 0.0)
+    assert hit_ndcg_at_k(["", ""], "") == (0.0, 0.0)  # empty target never matches
+    assert hit_ndcg_at_k(["a", "b", "c", "d", "e", "T"], "t") == (0.0, 0.0)  # 6th is outside top-5
+
+
+def test_ranking_ndcg_perfect_reversed_and_partial():
+    truth = ["a", "b", "c", "d", "e"]
+    assert ranking_ndcg(truth, truth) == pytest.approx(1.0)
+    rev = truth[::-1]
+    dcg = 1000 / L2(6) + 100 / L2(5) + 10 / L2(4) + 1 / L2(3) + 0 / L2(2)
+    assert ranking_ndcg(rev, truth) == pytest.approx(dcg / IDCG_RANK)
+    # swap of the first two
+    dcg = 1000 / L2(3) + 100 / L2(2) + 10 / L2(4) + 1 / L2(5)
+    assert ranking_ndcg(["b", "a", "c", "d", "e"], truth) == pytest.approx(dcg / IDCG_RANK)
+
+
+def test_ranking_ndcg_unknown_titles_take_positions_and_duplicates_match_once():
+    truth = ["a", "b", "c", "d", "e"]
+    # unknown "x" at position 0 pushes "a" to position 1; "b" missing
+    dcg = 1000 / L2(3) + 10 / L2(4)
+    assert ranking_ndcg(["x", "a", "c"], truth) == pytest.approx(dcg / IDCG_RANK)
+    # "a" twice: only its first occurrence earns; the second is just a wasted slot
+    dcg = 1000 / L2(2) + 100 / L2(4)
+    assert ranking_ndcg(["a", "a", "b"], truth) == pytest.approx(dcg / IDCG_RANK)
+    assert ranking_ndcg([], truth) == 0.0
+    assert ranking_ndcg(["y", "z"], truth) == 0.0
+    # only the first k predictions count
+    assert ranking_ndcg(["x", "x", "x", "x", "x", "a"], truth) == 0.0
+
+
+def test_rank_ndcg_from_text_splits_on_semicolon_and_normalizes():
+    answer = "Heat (1995); Fargo (1996); Up (2009); Alien (1979); Jaws (1975)"
+    gen = " heat (1995);  FARGO (1996) ; Up (2009); Alien (1979); Jaws (1975); Extra (2000)"
+    assert rank_ndcg_from_text(gen, answer) == pytest.approx(1.0)
+    assert rank_ndcg_from_text("", answer) == 0.0
+    # a title with a comma stays one title (the separator is "; ")
+    assert split_titles("Shawshank, The (1994); Up (2009)") == ["Shawshank, The (1994)", "Up (2009)"]
+
+
+def test_history_coverage_counts_distinct_true_titles():
+    hist = ["Heat (1995)", "Fargo (1996)", "Up (2009)", "Alien (1979)"]
+    assert history_coverage("heat (1995); Up (2009); Zzz (2000)", hist) == pytest.approx(0.5)
+    # repeating a title does not inflate the ratio
+    assert history_coverage("Heat (1995); Heat (1995); Heat (1995); heat (1995)", hist) == pytest.approx(0.25)
+    assert history_coverage("", hist) == 0.0
+    assert history_coverage("Heat (1995)", []) == 0.0
+
+
+def test_exact_match_and_yes_no():
+    assert exact_match("  toy story (1995)\n", "Toy Story (1995)") == 1.0
+    assert exact_match("", "") == 0.0
+    assert exact_match("Toy Story", "Toy Story (1995)") == 0.0
+    assert yes_no_decision(-0.1, -2.3) == "Yes" and yes_no_decision(-2.0, -0.5) == "No"
+    assert parse_yes_no(" Yes, the user will like it.") == "Yes"
+    assert parse_yes_no("**No**.") == "No"
+    assert parse_yes_no("I think so") is None
+    assert binary_correct("yes", "Yes") == 1.0 and binary_correct(None, "No") == 0.0
+
+
+def test_compute_metrics_averages_rows():
+    rows = [
+        {"answer": "A", "generations": ["a", "b", "c", "d", "e"]},
+        {"answer": "B", "generations": ["a", "b"]},
+        {"answer": "C", "generations": []},
+    ]
+    m = compute_metrics("uid2next", rows)
+    assert m["n"] == 3
+    assert m["hr@5"] == pytest.approx(2 / 3)
+    assert m["ndcg@5"] == pytest.approx((1 + 1 / L2(3)) / 3)
+    m = compute_metrics("uidiid2binary", [{"answer": "Yes", "pred": "Yes"}, {"answer": "No", "pred": "Yes"}])
+    assert m["acc"] == 0.5
+    m = compute_metrics("uid2hist", [{"answer": "A; B", "generations": ["a; c"]}])
+    assert m["hcr"] == 0.5
+    m = compute_metrics("iid2title", [{"answer": "A", "generations": [" a "]}, {"answer": "B", "generations": [""]}])
+    assert m["acc"] == 0.5
+    m = compute_metrics("uid2next", rows, key="missing")
+    assert m["hr@5"] == 0.0
+    with pytest.raises(ValueError, match="unknown inference mode"):
+        compute_metrics("bogus", rows)
