@@ -113,7 +113,7 @@ def run_filters(raw: RawData, d: DatasetConfig) -> FilterResult:
     if d.require_title:
         has_title = np.array([bool(raw.items.get(k, {}).get("title")) for k in item_keys], dtype=bool)
         n_missing_meta = sum(1 for k in set(raw.item_ids) if k not in raw.items)
-        n_untitled = int((~has_title).sum())
+        n_untitled = int((~has_title[np.unique(ev.item)]).sum())  # among items that have events
         if n_untitled:
             log.warning("%d item(s) have no title (%d with no metadata row at all); their events are dropped",
                         n_untitled, n_missing_meta)

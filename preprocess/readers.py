@@ -130,6 +130,13 @@ def parse_record(line: str, path: Path, lineno: int) -> dict[str, Any]:
     return obj
 
 
+def iter_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) for every non-blank line of a JSON/Python-literal lines file."""
+    for lineno, line in tqdm(iter_lines(path), desc=f"read {path.name}", unit=" lines", mininterval=2, leave=False):
+        if line.strip():
+            yield lineno, parse_record(line, path, lineno)
+
+
 def _field(rec: dict, key: str, path: Path, lineno: int) -> Any:
     if key not in rec or rec[key] in (None, ""):
         raise StageError(f"{path}:{lineno}: required field '{key}' missing (fields: {', '.join(sorted(map(str, rec)))})")
@@ -344,10 +351,7 @@ def read_movielens_grouplens(data: Path, item: Path, cfg: Config, genre: Path | 
 def read_amazon(reviews: Path, meta: Path, cfg: Config) -> RawData:
     """Amazon 2018 5-core reviews (reviewerID, asin, unixReviewTime) + product metadata."""
     raw = RawData(files=[reviews, meta])
-    for lineno, line in tqdm(iter_lines(meta), desc=f"read {meta.name}", unit=" lines", mininterval=2, leave=False):
-        if not line.strip():
-            continue
-        rec = parse_record(line, meta, lineno)
+    for lineno, rec in iter_records(meta):
         asin = str(_field(rec, "asin", meta, lineno)).strip()
         if asin in raw.items:
             # the 2018 meta files repeat some products; the first row is kept
@@ -362,16 +366,11 @@ def read_amazon(reviews: Path, meta: Path, cfg: Config) -> RawData:
             "tags": tags,
             "brand": rec.get("brand", ""),
             "feature": rec.get("feature") or [],
+            "year": _year(rec.get("date")),
         }
-        year = _year(rec.get("date"))
-        if year:
-            item["year"] = year
         raw.items[asin] = finish_item(item, cfg)
 
-    for lineno, line in tqdm(iter_lines(reviews), desc=f"read {reviews.name}", unit=" lines", mininterval=2, leave=False):
-        if not line.strip():
-            continue
-        rec = parse_record(line, reviews, lineno)
+    for lineno, rec in iter_records(reviews):
         user = str(_field(rec, "reviewerID", reviews, lineno))
         asin = str(_field(rec, "asin", reviews, lineno))
         ts = _number(_field(rec, "unixReviewTime", reviews, lineno), "unixReviewTime", reviews, lineno)
@@ -392,10 +391,7 @@ def _steam_date(value: Any, path: Path, lineno: int) -> float:
 def read_steam(reviews: Path, games: Path, cfg: Config) -> RawData:
     """SASRec-version Steam: reviews (username, product_id, date) + games (id, app_name, ...)."""
     raw = RawData(files=[reviews, games])
-    for lineno, line in tqdm(iter_lines(games), desc=f"read {games.name}", unit=" lines", mininterval=2, leave=False):
-        if not line.strip():
-            continue
-        rec = parse_record(line, games, lineno)
+    for lineno, rec in iter_records(games):
         gid = rec.get("id")
         if gid in (None, ""):
             # a few catalogue rows have no id; nothing can refer to them
@@ -411,16 +407,11 @@ def read_steam(reviews: Path, games: Path, cfg: Config) -> RawData:
             "genres": rec.get("genres") or [],
             "feature": rec.get("specs") or [],
             "brand": rec.get("developer") or rec.get("publisher") or "",
+            "year": _year(rec.get("release_date")),
         }
-        year = _year(rec.get("release_date"))
-        if year:
-            item["year"] = year
         raw.items[gid] = finish_item(item, cfg)
 
-    for lineno, line in tqdm(iter_lines(reviews), desc=f"read {reviews.name}", unit=" lines", mininterval=2, leave=False):
-        if not line.strip():
-            continue
-        rec = parse_record(line, reviews, lineno)
+    for lineno, rec in iter_records(reviews):
         user = str(_field(rec, "username", reviews, lineno))
         pid = str(_field(rec, "product_id", reviews, lineno)).strip()
         ts = _steam_date(_field(rec, "date", reviews, lineno), reviews, lineno)

@@ -50,6 +50,9 @@ from src.config import Config
 from src.utils import StageError, atomic_open
 
 log = logging.getLogger(__name__)
+# the HTTP stack logs every request at INFO; one line per judged sample drowns the progress bar
+for _name in ("httpx", "httpx2", "httpcore", "httpcore2", "openai"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 Messages = list[dict[str, str]]
 

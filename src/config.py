@@ -508,10 +508,21 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     return cfg
 
 
-def _merge(base: dict, top: dict) -> dict:
+def _merge(base: dict, top: dict, cls: type = None) -> dict:  # type: ignore[assignment]
+    """Overlay `top` on `base` section by section.
+
+    Only dataclass sections merge key by key; a mapping-valued setting (e.g.
+    ``dataset.files``) is replaced whole, so a child config never inherits stale entries.
+    """
+    cls = cls or Config
+    hints = typing.get_type_hints(cls)
     out = dict(base)
     for k, v in top.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        sub = hints.get(k)
+        if dataclasses.is_dataclass(sub) and isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v, sub)
+        else:
+            out[k] = v
     return out
 
 

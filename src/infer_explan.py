@@ -203,17 +203,21 @@ def run(
     if force and out_path.exists():
         out_path.unlink()
     ctx = _Context(cfg)
-    with JsonlAppender(out_path) as app:
-        todo = [r for r in records if r["id"] not in app.done]
-        if not todo:
-            log.info("%s: all %d explanations present; skipping (use --force to redo)", out_path, len(records))
-            return out_path
-        log.info("%s: %d of %d explanations to generate", out_path.name, len(todo), len(records))
-        if task_type == "chatgpt":
-            _run_api(cfg, todo, app, split, ctx, aspect, environ)
-        else:
-            _run_model(cfg, task_type, todo, app, split, ctx, aspect, model_and_tokenizer)
-        done = sum(1 for r in records if r["id"] in app.done)
+    try:
+        with JsonlAppender(out_path) as app:
+            todo = [r for r in records if r["id"] not in app.done]
+            if not todo:
+                log.info("%s: all %d explanations present; skipping (use --force to redo)", out_path, len(records))
+                return out_path
+            log.info("%s: %d of %d explanations to generate", out_path.name, len(todo), len(records))
+            if task_type == "chatgpt":
+                _run_api(cfg, todo, app, split, ctx, aspect, environ)
+            else:
+                _run_model(cfg, task_type, todo, app, split, ctx, aspect, model_and_tokenizer)
+            done = sum(1 for r in records if r["id"] in app.done)
+    finally:
+        if out_path.exists() and out_path.stat().st_size == 0:
+            out_path.unlink()  # a run that produced nothing leaves no file for later stages to find
     if done < len(records):
         raise StageError(f"{out_path}: only {done} of {len(records)} explanations were produced; re-run to retry the rest")
     log.info("wrote %s (%d explanations)", out_path, done)

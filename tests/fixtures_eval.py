@@ -93,3 +93,27 @@ def setup_eval_root(tmp_path: Path, *overrides: str) -> Config:
     cfg = eval_cfg(tmp_path, *overrides)
     write_eval_tasks(cfg, write_dataset(cfg))
     return cfg
+
+
+def load_tiny_explainer(cfg: Config):
+    """The tiny base LM as a RecExplainer over FakeEncoder, projectors given random weights.
+
+    Untrained ("none") projectors output zero; random ones make the markers really change
+    the model input, so marker handling (batching, left padding) is exercised.
+    """
+    import torch
+
+    from src.model import load_trained
+    from tests.fixtures_llm import FakeEncoder
+
+    torch.manual_seed(0)
+    model, tok = load_trained(cfg, "none", rec_encoder=FakeEncoder(16))
+    with torch.no_grad():
+        for p in list(model.user_proj.parameters()) + list(model.item_proj.parameters()):
+            p.normal_(0, 0.5)
+    return model, tok
+
+
+def read_sequences(cfg: Config) -> dict[int, list[int]]:
+    rows = [line.split() for line in (cfg.data_dir / "sequences.txt").read_text().splitlines() if line.strip()]
+    return {int(r[0]): [int(x) for x in r[1:]] for r in rows}

@@ -12,6 +12,7 @@ import json
 import random
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -46,6 +47,19 @@ class FakeEncoder(nn.Module):
 
     def encode_items(self, iids: torch.Tensor) -> torch.Tensor:
         return self.items(iids)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest single-threaded, and the test machine is shared.
+
+    Thread hand-off costs more than these matmuls; with other processes on the cores,
+    two threads made the training tests 7x slower. Restored afterwards.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def tiny_cfg(tmp_path: Path, *overrides: str) -> Config:

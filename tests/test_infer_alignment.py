@@ -1,29 +1,19 @@
 """src.infer_alignment end to end on the tiny profile: outputs, resume, skip/force, ICL, API, errors."""
 
 import json
-from types import SimpleNamespace
 
 import pytest
-import torch
 
 import src.infer_alignment as ia
 from src.infer_alignment import attach_icl_examples, evaluate, load_eval_records, main, output_paths
-from src.model import load_trained
 from src.utils import JsonlAppender, read_jsonl
-from tests.fixtures_eval import TITLES, setup_eval_root
+from tests.fixtures_eval import TITLES, load_tiny_explainer, setup_eval_root
 from tests.fixtures_explan import FakeOpenAI, clear_api_env
-from tests.fixtures_llm import FakeEncoder
 
 
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory):
-    cfg = setup_eval_root(tmp_path_factory.mktemp("model"))
-    torch.manual_seed(0)
-    model, tok = load_trained(cfg, "none", rec_encoder=FakeEncoder(16))
-    with torch.no_grad():
-        for p in list(model.user_proj.parameters()) + list(model.item_proj.parameters()):
-            p.normal_(0, 0.5)
-    return model, tok
+    return load_tiny_explainer(setup_eval_root(tmp_path_factory.mktemp("model")))
 
 
 def test_uid2next_writes_rows_and_metrics_with_constrained_beside(tmp_path, loaded):

@@ -17,22 +17,14 @@ from src.generation import (
     suppressed_token_ids,
     yes_no_token_ids,
 )
-from src.model import load_trained
-from tests.fixtures_eval import TITLES, make_records, setup_eval_root
-from tests.fixtures_llm import FakeEncoder
+from tests.fixtures_eval import TITLES, load_tiny_explainer, make_records, read_sequences, setup_eval_root
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     cfg = setup_eval_root(tmp_path_factory.mktemp("gen"))
-    torch.manual_seed(0)
-    model, tok = load_trained(cfg, "none", rec_encoder=FakeEncoder(16))
-    # untrained projectors output zero; give them weights so markers really change the input
-    with torch.no_grad():
-        for p in list(model.user_proj.parameters()) + list(model.item_proj.parameters()):
-            p.normal_(0, 0.5)
-    seqs = {u: [int(x) for x in line.split()[1:]] for u, line in
-            ((int(l.split()[0]), l) for l in (cfg.data_dir / "sequences.txt").read_text().splitlines())}
+    model, tok = load_tiny_explainer(cfg)
+    seqs = read_sequences(cfg)
     return SimpleNamespace(cfg=cfg, model=model, tok=tok, text=make_records(seqs, "text", "valid"),
                            emb=make_records(seqs, "emb", "valid"))
 

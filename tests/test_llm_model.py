@@ -10,7 +10,9 @@ from src.data import TaskCollator, TaskDataset
 from src.merge import merge
 from src.model import META_FILE, build_model, load_trained, save_trained
 from src.utils import StageError, write_json
-from tests.fixtures_llm import FakeEncoder, mixed_records, tiny_cfg, write_tasks
+from tests.fixtures_llm import one_thread, FakeEncoder, mixed_records, tiny_cfg, write_tasks
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _perturb(model, seed: int = 0) -> None:
