@@ -189,14 +189,17 @@ def fit(
     }
     model = build_model(arch, data.n_items).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=rc.lr, weight_decay=rc.weight_decay)
-    key = f"ndcg@10" if 10 in rc.eval_ks else f"ndcg@{sorted(rc.eval_ks)[0]}"
+    key = "ndcg@10" if 10 in rc.eval_ks else f"ndcg@{sorted(rc.eval_ks)[0]}"
 
     state: dict[str, Any] = {
         "epoch": 0, "best_score": -1.0, "best_epoch": 0, "bad_epochs": 0, "best_state": None,
         "history": [], "stopped_early": False, "seconds": 0.0,
     }
     if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        try:
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unpickling problem means an unusable file
+            raise StageError(f"{ckpt_path}: unreadable checkpoint ({e}); re-run with --force to start over") from None
         if ckpt.get("signature") != signature:
             diff = sorted(k for k in signature if ckpt.get("signature", {}).get(k) != signature[k])
             raise StageError(

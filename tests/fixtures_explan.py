@@ -119,7 +119,7 @@ def tiny_cfg(tmp_path: Path, *overrides: str):
 
 
 def make_tiny_bert(path: Path, words: list[str]) -> Path:
-    """A 2-layer, 32-wide BERT and a WordPiece tokenizer over `words`, saved at `path`.
+    """A 2-layer, 64-wide BERT and a WordPiece tokenizer over `words`, saved at `path`.
 
     Small enough to fine-tune in seconds on one CPU core; no network.
     """
@@ -132,8 +132,14 @@ def make_tiny_bert(path: Path, words: list[str]) -> Path:
     tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
     tok.save_pretrained(path)
     config = BertConfig(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=128, type_vocab_size=2,
+        vocab_size=len(vocab), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, max_position_embeddings=128, type_vocab_size=2,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
     )
-    BertModel(config).save_pretrained(path)  # a bare encoder, like all-MiniLM-L6-v2
+    import torch
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # the same encoder in every run: the learning tests are deterministic
+        model = BertModel(config)
+    model.save_pretrained(path)  # a bare encoder, like all-MiniLM-L6-v2
     return path
