@@ -231,6 +231,8 @@ class EvalConfig:
     max_new_tokens_list: int = 160
     #: cap on samples per inference mode, the first ones of the task file (0 = all)
     max_samples: int = 0
+    #: per-mode caps that override max_samples, e.g. {uid2next: 40} (beam search costs most)
+    max_samples_per_mode: dict[str, int] = field(default_factory=dict)
     #: in-context examples for the ICL baseline
     icl_examples: int = 2
     #: also report title-constrained decoding for uid2next

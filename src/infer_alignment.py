@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from src.config import Config, ConfigError, add_config_args, config_from_args
-from src.metrics import MODE_METRICS, compute_metrics, parse_yes_no, split_titles
+from src.metrics import MODE_METRICS, compute_metrics, split_titles
 from src.utils import JsonlAppender, StageError, read_json, resolve_device, set_seed, setup_logging, write_json
 
 log = logging.getLogger(__name__)
@@ -108,10 +108,23 @@ def load_eval_records(cfg: Config, task_type: str, mode: str, split: str) -> lis
             f"{path}: no records of type '{mode}'; task_type {task_type} cannot be evaluated on it "
             "(N/A in Table 1) or data_gen did not generate it"
         )
-    if cfg.eval.max_samples and len(records) > cfg.eval.max_samples:
-        log.info("evaluating the first %d of %d %s records (eval.max_samples)", cfg.eval.max_samples, len(records), mode)
-        records = records[: cfg.eval.max_samples]
+    cap = max_samples(cfg, mode)
+    if cap and len(records) > cap:
+        log.info("evaluating the first %d of %d %s records (eval.max_samples)", cap, len(records), mode)
+        records = records[:cap]
     return records
+
+
+def max_samples(cfg: Config, mode: str) -> int:
+    """Sample cap of one mode: eval.max_samples_per_mode[mode], else eval.max_samples (0 = all)."""
+    per = cfg.eval.max_samples_per_mode
+    unknown = sorted(set(per) - set(MODES))
+    if unknown:
+        raise ConfigError(f"eval.max_samples_per_mode: unknown inference mode '{unknown[0]}' (known: {', '.join(MODES)})")
+    value = per.get(mode, cfg.eval.max_samples)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"eval.max_samples_per_mode.{mode} must be a non-negative integer, got {value!r}")
+    return value
 
 
 def attach_icl_examples(cfg: Config, records: list[dict], mode: str) -> list[dict]:
@@ -211,9 +224,11 @@ def run_api(cfg: Config, client: Any, records: list[dict], mode: str, rows_path:
     """GPT-4-ICL rows: one completion per record (the client caches every request).
 
     Task 1 with an API model: the answer's titles (split on "; ") in order, top-5 kept; a
-    chat model returns one answer, not five beams. Task 3: Yes/No read from the reply's
-    first word. A request that fails for good is left out and reported; re-running retries it.
+    chat model returns one answer, not five beams. Task 3: the reply's first yes/no
+    decision (src.judge.decision_of, the same reading the explanation judge uses). A request that fails for good is left out and reported; re-running retries it.
     """
+    from src.judge import decision_of
+
     with JsonlAppender(rows_path) as app:
         todo = _todo(app, records)
         failed = 0
@@ -226,7 +241,7 @@ def run_api(cfg: Config, client: Any, records: list[dict], mode: str, rows_path:
                     continue
                 row = {**_base_row(rec), "raw": text}
                 if mode == BINARY_MODE:
-                    row["pred"] = parse_yes_no(text)
+                    row["pred"] = decision_of(text)
                 elif mode == "uid2next":
                     row["generations"] = split_titles(text)[:5] or [text.strip()]
                 else:
@@ -318,7 +333,7 @@ def evaluate(
         "settings": {
             "num_beams": cfg.eval.num_beams if mode == "uid2next" else 1,
             "max_new_tokens": cfg.eval.max_new_tokens_list if mode in LIST_MODES else cfg.eval.max_new_tokens,
-            "max_samples": cfg.eval.max_samples, "base_model": cfg.llm.base_model,
+            "max_samples": max_samples(cfg, mode), "base_model": cfg.llm.base_model,
             "task_file": str(task_file(cfg, task_type, split)),
         },
     }

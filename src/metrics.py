@@ -81,16 +81,6 @@ def rank_ndcg_from_text(generation: str, answer: str, k: int = 5) -> float:
 # --------------------------------------------------------------------------- task 3
 
 
-def parse_yes_no(text: str | None) -> str | None:
-    """"Yes"/"No" from the start of a free-text answer (API baselines); None if neither."""
-    word = (text or "").strip().lstrip("\"'*([").lower()
-    if word.startswith("yes"):
-        return "Yes"
-    if word.startswith("no"):
-        return "No"
-    return None
-
-
 def yes_no_decision(logp_yes: float, logp_no: float) -> str:
     """The classifier's answer: the more probable of the two first answer tokens (ties: Yes)."""
     return "Yes" if logp_yes >= logp_no else "No"

@@ -306,12 +306,18 @@ class RecExplainer(nn.Module):
         """The HF *ForCausalLM (with LoRA layers injected when peft wraps it)."""
         return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
-        self.causal_lm().gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
+    ) -> None:
+        """Called by Trainer (train.gradient_checkpointing); non-reentrant so that LoRA
+        gets gradients even when no input embedding requires grad (batches without markers)."""
+        kwargs = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
+        self.causal_lm().activation_checkpointing_enable(
+            activation_checkpointing_kwargs=kwargs, every_n_layers=every_n_layers, offload=offload
+        )
 
-    def gradient_checkpointing_disable(self) -> None:
-        self.causal_lm().gradient_checkpointing_disable()
+    def activation_checkpointing_disable(self) -> None:
+        self.causal_lm().activation_checkpointing_disable()
 
     def _encoder_device(self) -> torch.device:
         enc = self.encoder

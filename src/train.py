@@ -76,7 +76,7 @@ def _trainer_classes() -> tuple[type, type]:
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
             if not state.is_world_process_zero or not logs:
                 return
-            kind = "eval" if any(k.startswith("eval_") for k in logs) else ("summary" if "train_runtime" in logs else "train")
+            kind = "eval" if any(k.startswith("eval_") for k in logs) else ("summary" if "train_loss" in logs else "train")
             row = {"key": f"{state.global_step}:{kind}", "step": state.global_step, "kind": kind, **logs}
             with JsonlAppender(self.path, key="key") as app:
                 if row["key"] not in app.done:
@@ -132,14 +132,16 @@ def training_arguments(cfg: Config, output_dir: Path, has_eval: bool, **extra: A
         save_total_limit=2,
         bf16=t.bf16,
         fp16=t.fp16,
-        gradient_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing=t.gradient_checkpointing,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         remove_unused_columns=False,
         prediction_loss_only=True,
         report_to="none",
         seed=t.seed,
         data_seed=t.seed,
+        include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=not sys.stderr.isatty(),
         optim="adamw_torch",
     )
@@ -233,10 +235,9 @@ def train(
     if trainer.is_world_process_zero():
         save_trained(trainer.accelerator.unwrap_model(trainer.model), tokenizer, out)
         steps_done = trainer.state.global_step
-        per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-        seen_frac = min(1.0, steps_done * per_step / max(1, len(train_ds)))
-        epochs = result.metrics.get("epoch", cfg.train.epochs)
-        tokens = train_ds.num_tokens() * (epochs if not max_steps else seen_frac)
+        # real (non-pad) tokens trained in this session, for the tokens/s in meta.json
+        tokens_before = read_json(Path(resume) / "trainer_state.json").get("num_input_tokens_seen", 0) if resume else 0
+        tokens = trainer.state.num_input_tokens_seen - tokens_before
         losses = [r["loss"] for r in _read_log(log_path) if r.get("kind") == "train" and "loss" in r]
         meta = {
             "done": True,
@@ -252,6 +253,7 @@ def train(
             "global_step": steps_done,
             "resumed_from": resume,
             "train_runtime_s": round(wall, 2),
+            "tokens_trained": tokens,
             "tokens_per_s": round(tokens / wall, 2) if wall > 0 else None,
             "loss_first": losses[0] if losses else None,
             "loss_last": losses[-1] if losses else None,

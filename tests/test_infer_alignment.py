@@ -130,3 +130,15 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert main(base + ["--task_type", "both", "--inference_mode", "uid2next", "--split", "test"]) == 2
     assert "both_test.json" in capsys.readouterr().err
     assert not list(cfg.eval_dir.glob("**/*.metrics.json"))  # no partial outputs
+
+
+def test_sample_caps_per_mode(tmp_path):
+    cfg = setup_eval_root(tmp_path, "eval.max_samples=5", "eval.max_samples_per_mode={uid2next: 2, uid2hist: 0}")
+    assert len(load_eval_records(cfg, "intention", "uid2next", "valid")) == 2
+    assert len(load_eval_records(cfg, "intention", "uidiid2rank", "valid")) == 5
+    assert len(load_eval_records(cfg, "intention", "uid2hist", "valid")) == 12  # 0 = all
+    assert [r["id"] for r in load_eval_records(cfg, "intention", "uid2next", "valid")] == \
+        ["valid-emb-next-1", "valid-emb-next-2"]  # the first records, in file order
+    bad = setup_eval_root(tmp_path / "bad", "eval.max_samples_per_mode={uid2nxt: 2}")
+    with pytest.raises(ia.ConfigError, match="uid2nxt"):
+        load_eval_records(bad, "intention", "uid2next", "valid")

@@ -177,3 +177,26 @@ def test_full_finetune_save_load_and_none_baseline(tmp_path):
         assert torch.equal(base.embed_inputs(b["input_ids"], b["user_histories"], b["item_ids"]), plain)
     with pytest.raises(StageError, match="meta.json"):
         load_trained(cfg, "behaviour", rec_encoder=enc)
+
+
+def test_activation_checkpointing_keeps_lora_gradients(setup):
+    """Batches without markers: no input requires grad, yet LoRA must still get gradients."""
+    cfg, enc, model, tok, recs = setup
+    plain = [dict(r, question="Recommend a movie, please.", iids_in_question=[]) for r in recs[:3]]
+    batch = _train_batch(cfg, tok, plain)
+    grads = []
+    for ckpt in (False, True):
+        if ckpt:
+            model.activation_checkpointing_enable()
+        model.train()
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(0)
+        model(**batch).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if "lora_" in n})
+    model.activation_checkpointing_disable()
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    assert model.causal_lm().is_activation_checkpointing is False
+    assert grads[1] and all(g.abs().sum() > 0 for g in grads[1].values())
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=1e-6)

@@ -10,7 +10,6 @@ from src.metrics import (
     exact_match,
     history_coverage,
     hit_ndcg_at_k,
-    parse_yes_no,
     rank_ndcg_from_text,
     ranking_ndcg,
     split_titles,
@@ -93,9 +92,6 @@ def test_exact_match_and_yes_no():
     assert exact_match("", "") == 0.0
     assert exact_match("Toy Story", "Toy Story (1995)") == 0.0
     assert yes_no_decision(-0.1, -2.3) == "Yes" and yes_no_decision(-2.0, -0.5) == "No"
-    assert parse_yes_no(" Yes, the user will like it.") == "Yes"
-    assert parse_yes_no("**No**.") == "No"
-    assert parse_yes_no("I think so") is None
     assert binary_correct("yes", "Yes") == 1.0 and binary_correct(None, "No") == 0.0
 
 
