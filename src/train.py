@@ -225,20 +225,24 @@ def train(
         callbacks=[JsonlLogCallback(log_path), *(callbacks or [])],
     )
     resume = _last_checkpoint(ckpt_dir)
+    tokens_before = 0
     if resume:
         log.info("resuming from %s", resume)
+        tokens_before = read_json(Path(resume) / "trainer_state.json").get("num_input_tokens_seen", 0)
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=resume)
     wall = time.time() - t0
-    eval_metrics = trainer.evaluate() if eval_ds is not None else {}
+    eval_metrics: dict[str, float] = {}
+    if eval_ds is not None:  # the Trainer usually evaluated at the last step already; reuse it
+        last = [h for h in trainer.state.log_history if "eval_loss" in h and h.get("step") == trainer.state.global_step]
+        eval_metrics = last[-1] if last else trainer.evaluate()
 
     if trainer.is_world_process_zero():
         save_trained(trainer.accelerator.unwrap_model(trainer.model), tokenizer, out)
         steps_done = trainer.state.global_step
-        # real (non-pad) tokens trained in this session, for the tokens/s in meta.json
-        tokens_before = read_json(Path(resume) / "trainer_state.json").get("num_input_tokens_seen", 0) if resume else 0
-        tokens = trainer.state.num_input_tokens_seen - tokens_before
+        tokens = trainer.state.num_input_tokens_seen - tokens_before  # real tokens of this session
         losses = [r["loss"] for r in _read_log(log_path) if r.get("kind") == "train" and "loss" in r]
+        q = max(1, len(losses) // 4)  # single logged steps are noisy (mixed task types per batch)
         meta = {
             "done": True,
             "task_type": task_type,
@@ -257,6 +261,8 @@ def train(
             "tokens_per_s": round(tokens / wall, 2) if wall > 0 else None,
             "loss_first": losses[0] if losses else None,
             "loss_last": losses[-1] if losses else None,
+            "loss_first_quarter_mean": sum(losses[:q]) / q if losses else None,
+            "loss_last_quarter_mean": sum(losses[-q:]) / q if losses else None,
             "train_loss": result.training_loss,
             "eval_loss": eval_metrics.get("eval_loss"),
         }
