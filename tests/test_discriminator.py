@@ -67,8 +67,16 @@ def test_data_gen_split_is_shared_and_balanced(cfg):
     assert all(r["text"].strip() for r in train)
     # a second call skips; --force rebuilds byte-identical files (seeded)
     before = (d / "cls_train.jsonl").read_bytes()
+    mtime = (d / "stats.json").stat().st_mtime_ns
+    data_gen.build(cfg)
+    assert (d / "stats.json").stat().st_mtime_ns == mtime
     data_gen.build(cfg, force=True)
     assert (d / "cls_train.jsonl").read_bytes() == before
+    # a method's explanations removed -> rebuilt without it, its stale files gone
+    (cfg.explain_dir / "chatgpt_valid.jsonl").unlink()
+    stats = data_gen.build(cfg)
+    assert stats["cls_methods"] == ["both", "none"] and not (d / "reg_chatgpt_test.jsonl").exists()
+    assert {r["label"] for r in read_jsonl(d / "cls_test.jsonl")} == {0, 1}
 
 
 def test_data_gen_needs_explanations(tmp_path):
