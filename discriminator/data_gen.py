@@ -4,7 +4,7 @@
 
 Reads ``explain/<method>_<split>.jsonl`` for every method in ``discriminator.cls_methods``
 and ``discriminator.reg_methods`` and every split in ``discriminator.splits`` that exists,
-and writes under ``discriminator/data/``:
+and writes under ``discriminator/datasets/``:
 
 * ``cls_{train,test}.jsonl`` -- ``{id, text, label, method}``: the classifier's data, label =
   index of the method in ``labels.json``. The paper used 2,500 explanations per method
@@ -41,7 +41,8 @@ log = logging.getLogger("discriminator.data_gen")
 
 
 def data_dir(cfg: Config) -> Path:
-    return cfg.discriminator_dir / "data"
+    # not "data": src.utils names the preprocess stage for a missing file under any "data" folder
+    return cfg.discriminator_dir / "datasets"
 
 
 def data_fingerprint(*paths: Path) -> str:

@@ -2,7 +2,7 @@
 
 ``python -m discriminator.run_cls --config X [--force]``
 
-Fine-tunes ``discriminator.encoder`` with a K-way head on ``discriminator/data/cls_train.jsonl``
+Fine-tunes ``discriminator.encoder`` with a K-way head on ``discriminator/datasets/cls_train.jsonl``
 and evaluates on ``cls_test.jsonl``. Writes to ``discriminator/cls/``: ``metrics.json``
 (accuracy, per-class precision / recall / F1 / support from scikit-learn, the confusion
 matrix), ``predictions.jsonl``, ``confusion.csv`` and ``confusion.png`` (Figure 4).
@@ -74,7 +74,7 @@ def plot_confusion(cm: list[list[int]], names: list[str], path: Path, title: str
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=150)
+    fig.savefig(tmp, dpi=150, bbox_inches="tight")
     plt.close(fig)
     tmp.replace(path)
 

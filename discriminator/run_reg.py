@@ -4,7 +4,7 @@
 
 For each method, fine-tunes ``discriminator.encoder`` with a one-output regression head
 (MSE loss) from explanation text to the target recommender's score of that (user, item),
-on ``discriminator/data/reg_<method>_train.jsonl``, and reports the MSE on the test part
+on ``discriminator/datasets/reg_<method>_train.jsonl``, and reports the MSE on the test part
 (the same (user, item) pairs for every method). Lower MSE = the explanations carry more of
 what the recommender predicted. Beside it: the MSE of always predicting the train mean,
 the floor any text-blind predictor reaches.
