@@ -113,6 +113,9 @@ def tiny_cfg(tmp_path: Path, *overrides: str):
             "api.backoff_max_s=0.01",
             "api.max_retries=3",
             "api.timeout_s=10",
+            # the paper's discriminator methods (tiny.yaml swaps them for its e2e run)
+            "discriminator.cls_methods=[both, none, chatgpt]",
+            "discriminator.reg_methods=[both, none, chatgpt]",
             *overrides,
         ],
     )
