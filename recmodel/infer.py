@@ -67,7 +67,7 @@ def positions(data: RecData, split: str, train_cap: int) -> list[Position]:
             out.append((uid, s[:-2], s[-2]))
         elif split == "train":
             train = s[:-2]
-            for p in range(len(train) - 1, 0, -1)[:train_cap]:
+            for p in range(len(train) - 1, 0, -1)[: train_cap or None]:  # 0 = every position
                 out.append((uid, train[:p], train[p]))
         else:
             raise ValueError(f"unknown split {split!r}")

@@ -127,7 +127,7 @@ class RecModelConfig:
     device: str = "auto"
     #: length of the exported "top" list
     export_topk: int = 20
-    #: cap on exported train rows per user (most recent positions first)
+    #: cap on exported train rows per user (most recent positions first; 0 = all)
     export_train_cap: int = 10
     #: similar items kept per item in item_sim.json
     sim_topk: int = 10
