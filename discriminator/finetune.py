@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -21,24 +20,18 @@ from typing import Any
 import numpy as np
 
 from src.config import Config
-from src.utils import StageError, resolve_device, set_seed
+from src.utils import StageError, model_dir_or_hub_id, resolve_device, set_seed
 
 log = logging.getLogger(__name__)
 
 
 def encoder_path(cfg: Config) -> str:
     """Local directory of discriminator.encoder, or the name itself if it is a hub id."""
-    name = cfg.discriminator.encoder
-    path = cfg.resolve(name)
-    if path.is_dir():
-        return str(path)
-    if name.startswith(("models/", "/", ".")) or os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise StageError(
-            f"discriminator.encoder: no model directory at {path} (bash shell/download_data.sh fetches "
-            "all-MiniLM-L6-v2 to models/all-minilm-l6-v2; or set discriminator.encoder to a local BERT-family "
-            "model directory or a hub id such as bert-base-uncased)"
-        )
-    return name
+    return model_dir_or_hub_id(
+        cfg, cfg.discriminator.encoder, "discriminator.encoder",
+        "bash shell/download_data.sh fetches all-MiniLM-L6-v2 to models/all-minilm-l6-v2; or set "
+        "discriminator.encoder to a local BERT-family model directory or a hub id such as bert-base-uncased",
+    )
 
 
 def _dataset(tokenizer: Any, texts: Sequence[str], targets: Sequence[float] | None, max_length: int, regression: bool):

@@ -492,7 +492,7 @@ def models_used(cfg: Config) -> set[str]:
     used = set()
     for path in (cfg.llm.base_model, cfg.discriminator.encoder):
         for name in (SMOLLM2_DIR, MINILM_DIR):
-            if path not in ("", "tiny") and cfg.resolve(path) == cfg.models_dir / name:
+            if path not in ("", "tiny") and cfg.resolve_model(path) == cfg.models_dir / name:
                 used.add(name)
     return used
 

@@ -359,6 +359,14 @@ class Config:
         p = Path(p)
         return p if p.is_absolute() else REPO_ROOT / p
 
+    def resolve_model(self, p: str | Path) -> Path:
+        """A model path: ``models/<name>`` lives in ``paths.models_dir`` (where the fetch
+        stage puts converted models), anything else as :meth:`resolve`."""
+        parts = Path(p).parts
+        if parts and parts[0] == "models" and not Path(p).is_absolute():
+            return self.models_dir.joinpath(*parts[1:])
+        return self.resolve(p)
+
     @property
     def root(self) -> Path:
         return self.resolve(self.paths.root.format(name=self.dataset.name))

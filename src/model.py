@@ -40,7 +40,7 @@ from torch import nn
 
 from src.chat import ITEM_TOKEN, MARKER_TOKENS, USER_TOKEN, marker_ids
 from src.config import Config, ConfigError
-from src.utils import StageError, read_json
+from src.utils import StageError, model_dir_or_hub_id, read_json
 
 log = logging.getLogger(__name__)
 
@@ -180,15 +180,11 @@ def base_model_path(cfg: Config) -> str:
     name = cfg.llm.base_model
     if name == "tiny":
         return str(build_tiny_base(cfg))
-    path = cfg.resolve(name)
-    if path.is_dir():
-        return str(path)
-    if name.startswith(("models/", "/", ".")) or os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise StageError(
-            f"llm.base_model: no model directory at {path} (run bash shell/download_data.sh to fetch/convert it, "
-            "or set llm.base_model to a local Hugging Face model directory or 'tiny')"
-        )
-    return name  # a hub id such as lmsys/vicuna-7b-v1.3
+    return model_dir_or_hub_id(
+        cfg, name, "llm.base_model",
+        "run bash shell/download_data.sh to fetch/convert it, or set llm.base_model to a local "
+        "Hugging Face model directory, a hub id such as lmsys/vicuna-7b-v1.3, or 'tiny'",
+    )
 
 
 def add_marker_tokens(model: Any, tokenizer: Any, seed: int = 0) -> None:

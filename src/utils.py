@@ -230,6 +230,20 @@ def timed(log: logging.Logger, what: str) -> Iterator[None]:
     log.info("%s took %.1fs", what, time.time() - t0)
 
 
+def model_dir_or_hub_id(cfg: Any, name: str, key: str, hint: str) -> str:
+    """A local model directory for config value `name` (key `key`), or `name` as a hub id.
+
+    Paths that look local (``models/...``, absolute, ``./``) or any name while offline must
+    exist; the error names the key and how to get the model (`hint`).
+    """
+    path = cfg.resolve_model(name)
+    if path.is_dir():
+        return str(path)
+    if name.startswith(("models/", "/", ".")) or os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise StageError(f"{key}: no model directory at {path} ({hint})")
+    return name
+
+
 def resolve_device(name: str = "auto") -> str:
     import torch
 

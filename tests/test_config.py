@@ -129,3 +129,12 @@ def test_cli_args() -> None:
     cfg = config_from_args(args)
     assert (cfg.seed, cfg.dataset.seed, args.force) == (5, 9, True)
     assert parser.parse_args([]).config == "configs/ml100k.yaml"
+
+
+def test_model_paths_follow_paths_models_dir(tmp_path):
+    from src.config import load_config
+
+    cfg = load_config("configs/tiny.yaml", [f"paths.models_dir={tmp_path / 'm'}"])
+    assert cfg.resolve_model("models/all-minilm-l6-v2") == tmp_path / "m" / "all-minilm-l6-v2"
+    assert cfg.resolve_model("/abs/model") == __import__("pathlib").Path("/abs/model")
+    assert cfg.resolve_model("other/dir").name == "dir"
