@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from src.config import ConfigError, add_config_args, config_from_args
-from src.utils import StageError, setup_logging
+from src.config import add_config_args, config_from_args
+from src.utils import run_stage
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,16 +19,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_config_args(parser)
     args = parser.parse_args(argv)
-    setup_logging()
-    try:
+
+    def body() -> None:
         cfg = config_from_args(args)
         from data_gen.pipeline import run
 
         run(cfg, force=args.force)
-    except (StageError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_stage(body)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from typing import Any
 
 from src.config import Config, ConfigError, add_config_args, config_from_args
 from src.infer_explan import explain_file, method_display
-from src.utils import StageError, iter_jsonl, read_json, setup_logging, sha256_file, write_json, write_jsonl
+from src.utils import StageError, iter_jsonl, read_json, run_stage, sha256_file, write_json, write_jsonl
 
 log = logging.getLogger("discriminator.data_gen")
 
@@ -218,14 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_config_args(parser)
     args = parser.parse_args(argv)
-    setup_logging()
-    try:
+
+    def body() -> None:
         build(config_from_args(args), force=args.force)
-    except (StageError, ConfigError) as e:
-        log.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_stage(body)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ import numpy as np
 
 from discriminator.data_gen import data_dir, data_fingerprint
 from discriminator.finetune import fine_tune_predict
-from src.config import Config, ConfigError, add_config_args, config_from_args
-from src.utils import StageError, read_json, read_jsonl, setup_logging, write_json, write_jsonl, write_text
+from src.config import Config, add_config_args, config_from_args
+from src.utils import StageError, read_json, read_jsonl, run_stage, write_json, write_jsonl, write_text
 
 log = logging.getLogger("discriminator.run_cls")
 
@@ -131,14 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_config_args(parser)
     args = parser.parse_args(argv)
-    setup_logging()
-    try:
+
+    def body() -> None:
         run(config_from_args(args), force=args.force)
-    except (StageError, ConfigError) as e:
-        log.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_stage(body)
 
 
 if __name__ == "__main__":

@@ -27,9 +27,9 @@ import numpy as np
 
 from discriminator.data_gen import data_dir, data_fingerprint
 from discriminator.finetune import fine_tune_predict
-from src.config import Config, ConfigError, add_config_args, config_from_args
+from src.config import Config, add_config_args, config_from_args
 from src.infer_explan import METHOD_ORDER
-from src.utils import StageError, read_json, read_jsonl, setup_logging, write_json, write_jsonl, write_text
+from src.utils import StageError, read_json, read_jsonl, run_stage, write_json, write_jsonl, write_text
 
 log = logging.getLogger("discriminator.run_reg")
 
@@ -130,15 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     add_config_args(parser)
     parser.add_argument("--methods", default="", help="comma-separated methods (default: every method with data)")
     args = parser.parse_args(argv)
-    setup_logging()
-    try:
+
+    def body() -> None:
         cfg = config_from_args(args)
         run(cfg, [m.strip() for m in args.methods.split(",") if m.strip()] or None, force=args.force)
-    except (StageError, ConfigError) as e:
-        log.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_stage(body)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from src.config import ConfigError, add_config_args, config_from_args
-from src.utils import StageError, set_seed, setup_logging
+from src.config import add_config_args, config_from_args
+from src.utils import run_stage, set_seed
 
 from .build import preprocess
 
@@ -15,15 +15,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m preprocess", description=__doc__)
     add_config_args(parser)
     args = parser.parse_args(argv)
-    setup_logging()
-    try:
+
+    def body() -> None:
         cfg = config_from_args(args)
         set_seed(cfg.dataset.seed)
         preprocess(cfg, force=args.force)
-    except (StageError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_stage(body)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ import random
 import sys
 from pathlib import Path
 
-from src.config import Config, ConfigError, add_config_args, config_from_args
-from src.utils import StageError, atomic_open, setup_logging
+from src.config import Config, add_config_args, config_from_args
+from src.utils import StageError, atomic_open, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -132,13 +132,11 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
     args = parser.parse_args(argv)
-    setup_logging()
-    try:
+
+    def body() -> None:
         write_synthetic(config_from_args(args), force=args.force)
-    except (StageError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_stage(body)
 
 
 if __name__ == "__main__":

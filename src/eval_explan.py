@@ -38,7 +38,7 @@ from src.judge import (
     normalise_label,
     rating_summary,
 )
-from src.utils import JsonlAppender, StageError, iter_jsonl, setup_logging, write_json, write_text
+from src.utils import JsonlAppender, StageError, iter_jsonl, run_stage, write_json, write_text
 
 log = logging.getLogger("src.eval_explan")
 
@@ -265,8 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="valid", help="explanation split to judge (default: %(default)s)")
     parser.add_argument("--no_judge", action="store_true", help="deterministic check only, no API calls")
     args = parser.parse_args(argv)
-    setup_logging()
-    try:
+
+    def body() -> None:
         cfg = config_from_args(args)
         methods = [m.strip() for m in args.model_names.split(",") if m.strip()] or discover_methods(cfg, args.split)
         if args.model_response_files:
@@ -284,11 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         write_text(cfg.tables_dir / "table2.csv", csv_text)
         print(md)
         log.info("wrote %s, %s", cfg.judge_dir / "summary.json", cfg.tables_dir / "table2.md")
-    except (StageError, ConfigError) as e:
-        log.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_stage(body)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from typing import Any
 
 from src.config import Config, ConfigError, add_config_args, config_from_args
 from src.metrics import MODE_METRICS, compute_metrics, split_titles
-from src.utils import JsonlAppender, StageError, read_json, resolve_device, set_seed, setup_logging, write_json
+from src.utils import JsonlAppender, StageError, read_json, resolve_device, run_stage, set_seed, write_json
 
 log = logging.getLogger(__name__)
 
@@ -362,15 +362,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging()
-    try:
+
+    def body() -> None:
         cfg = config_from_args(args)
         evaluate(cfg, args.task_type, args.inference_mode, icl=args.icl, constrained=args.constrained,
                  split=args.split, force=args.force)
-    except (StageError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_stage(body)
 
 
 if __name__ == "__main__":

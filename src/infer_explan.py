@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from src.config import Config, ConfigError, add_config_args, config_from_args
-from src.utils import JsonlAppender, StageError, read_json, resolve_device, set_seed, setup_logging
+from src.utils import JsonlAppender, StageError, read_json, resolve_device, run_stage, set_seed
 
 log = logging.getLogger("src.infer_explan")
 
@@ -279,16 +279,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data_names", default="", help="accepted for compatibility with the original scripts; the file is explan_<task_type>_<split>")
     parser.add_argument("--inference_mode", default="case study", help="accepted for compatibility (only 'case study' exists)")
     args = parser.parse_args(argv)
-    setup_logging()
-    try:
+
+    def body() -> None:
         cfg = config_from_args(args)
         aspect = cfg.explain.aspect if args.aspect is None else args.aspect
         run(cfg, args.task_type, args.split, aspect=aspect.strip(), force=args.force)
-    except (StageError, ConfigError) as e:
-        log.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_stage(body)
 
 
 if __name__ == "__main__":

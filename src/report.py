@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from src.config import Config, ConfigError, add_config_args, config_from_args
-from src.utils import StageError, read_json, setup_logging, write_text
+from src.config import Config, add_config_args, config_from_args
+from src.utils import StageError, read_json, run_stage, write_text
 
 log = logging.getLogger(__name__)
 
@@ -307,17 +307,15 @@ def main(argv: list[str] | None = None) -> int:
     add_config_args(parser)
     parser.add_argument("--split", choices=["valid", "test"], default="valid", help="evaluation split (default: valid)")
     args = parser.parse_args(argv)
-    setup_logging()
-    try:
+
+    def body() -> None:
         cfg = config_from_args(args)
         md = report_table1(cfg, args.split)
         print(md)
         print(other_tables(cfg))
         log.info("wrote %s", cfg.tables_dir)
-    except (StageError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_stage(body)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import random
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, IO
 
@@ -59,6 +59,21 @@ def setup_logging(level: int = logging.INFO) -> None:
     root.addHandler(handler)
     root.setLevel(level)
     setup_logging._done = True  # type: ignore[attr-defined]
+
+
+def run_stage(body: "Callable[[], object]") -> int:
+    """Run a stage's body as a command: logging on, and a bad input (StageError or
+    ConfigError) becomes one ``error: ...`` line and exit status 2 instead of a traceback."""
+    from src.config import ConfigError
+
+    setup_logging()
+    try:
+        body()
+    except (StageError, ConfigError) as e:
+        logging.getLogger("stage").debug("stage failed", exc_info=True)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def set_seed(seed: int) -> None:

@@ -58,7 +58,6 @@ def _argv(tmp_path: Path, *extra: str) -> list[str]:
 def _no_real_env(monkeypatch):
     clear_api_env(monkeypatch)
     # main() installs a stderr log handler once per process; pytest swaps stderr per test
-    monkeypatch.setattr(eval_explan, "setup_logging", lambda *a, **k: None)
 
 
 def test_without_endpoint_reports_decision_check_and_skips_judge(tmp_path, capsys):

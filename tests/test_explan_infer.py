@@ -54,7 +54,6 @@ def make_fixture(cfg) -> list[dict]:
 @pytest.fixture(autouse=True)
 def _no_real_env(monkeypatch):
     clear_api_env(monkeypatch)
-    monkeypatch.setattr(infer_explan, "setup_logging", lambda *a, **k: None)
 
 
 def _answer(body: dict, n: int):
