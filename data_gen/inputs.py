@@ -20,7 +20,11 @@ from typing import Any, Iterator
 
 from tqdm import tqdm
 
+from data_gen.templates import ITEM_TOKEN, USER_TOKEN
 from src.utils import StageError, iter_jsonl, read_json
+
+#: strings the LLM's tokenizer turns into recommender-embedding markers
+MARKERS = (USER_TOKEN, ITEM_TOKEN)
 
 log = logging.getLogger(__name__)
 
@@ -177,15 +181,19 @@ def load_item_sim(path: Path, n_items: int) -> dict[int, list[int]]:
 # --------------------------------------------------------------------------- ShareGPT
 
 
-def load_sharegpt(path: Path, max_chars: int) -> tuple[list[dict], Counter]:
+def load_sharegpt(path: Path, max_chars: int, multi_turn: bool = False) -> tuple[list[dict], Counter]:
     """Conversations of a ShareGPT_V3 json that are usable as training dialogues.
 
     Kept: a list of turns whose roles are exactly human, gpt, human, gpt, ... (strict
     alternation, starting with the human), every value a non-empty string, at least one
     human/gpt pair, and a first human turn of at most `max_chars` characters (the length
     budget: the first turn is what every training sample keeps). A trailing unanswered
-    human turn is dropped, since there is nothing to learn from it. Returns the kept
-    conversations (in file order) and a count of drops by reason, which the caller logs.
+    human turn is dropped, since there is nothing to learn from it. Conversations whose
+    trained text (the first pair, or every turn with `multi_turn`) contains the literal
+    marker strings ``<user>`` / ``<item>`` (e.g. RSS ``<item>`` tags) are dropped too: the
+    tokenizer would read them as recommender-embedding markers with no id to bind.
+    Returns the kept conversations (in file order) and a count of drops by reason, which
+    the caller logs.
     """
     if not path.is_file():
         raise StageError(f"ShareGPT file not found: {path} (data_gen.sharegpt_file, relative to paths.raw_dir)")
@@ -215,6 +223,9 @@ def load_sharegpt(path: Path, max_chars: int) -> tuple[list[dict], Counter]:
             continue
         if max_chars > 0 and len(turns[0]["value"]) > max_chars:
             drops["first turn over the length budget"] += 1
+            continue
+        if any(m in t["value"] for t in (turns if multi_turn else turns[:2]) for m in MARKERS):
+            drops["contains a <user>/<item> marker string"] += 1
             continue
         cid = conv.get("id")
         kept.append({

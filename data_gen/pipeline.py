@@ -21,7 +21,11 @@ Which records go where (paper 2.2-2.4): behaviour = behaviour form; intention =
 intention form, plus task 6; both (train) = behaviour + intention records + the hybrid
 third form. The evaluation files of ``both`` hold the hybrid form for tasks 1-3 (the
 prompt RecExplainer-H is evaluated on) and the intention form for uid2hist / iid2title,
-whose hybrid form would contain its own answer. ShareGPT (task 5) goes into every form.
+whose hybrid form would contain its own answer. ShareGPT (task 5) goes into every form:
+with ``data_gen.sharegpt_multi_turn`` (default, the original) each record carries the whole
+conversation as ``messages`` (role/content turns) and every assistant turn is trained;
+otherwise only its first turn (``question``/``answer``; the raw turns kept as
+``conversations``).
 
 Determinism: every random choice comes from a generator derived from data_gen.seed and
 its purpose, records are built in (uid, position) order, and files are written with a
@@ -136,7 +140,7 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any] | None:
     sharegpt: dict[str, list[dict]] = {"train": [], "valid": []}
     if g.sharegpt_file:
         sg_path = cfg.raw_dir / g.sharegpt_file
-        kept, drops = load_sharegpt(sg_path, g.sharegpt_max_chars)
+        kept, drops = load_sharegpt(sg_path, g.sharegpt_max_chars, multi_turn=g.sharegpt_multi_turn)
         for reason, n in sorted(drops.items()):
             log.info("ShareGPT: dropped %d conversations: %s", n, reason)
         order = list(range(len(kept)))
@@ -146,12 +150,19 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any] | None:
         for split, idx in parts.items():
             for k, j in enumerate(idx):
                 c = kept[j]
-                sharegpt[split].append({
+                rec = {
                     "id": f"sharegpt-{split}-{k:06d}", "type": "sharegpt", "form": "text", "uid": 0, "iid": 0,
                     "history": [], "candidates": [], "iids_in_question": [],
                     "question": c["conversations"][0]["value"], "answer": c["conversations"][1]["value"],
-                    "conversations": c["conversations"], "source_id": c["source_id"],
-                })
+                }
+                if g.sharegpt_multi_turn:
+                    # every turn is trained (src.data encodes "messages"; loss on each assistant turn)
+                    rec["messages"] = [{"role": "user" if t["from"] == "human" else "assistant", "content": t["value"]}
+                                       for t in c["conversations"]]
+                else:
+                    rec["conversations"] = c["conversations"]  # kept for reference; only the first turn trains
+                rec["source_id"] = c["source_id"]
+                sharegpt[split].append(rec)
         log.info("ShareGPT: %d usable of %d; sampled %d train / %d valid", len(kept), len(kept) + sum(drops.values()),
                  len(sharegpt["train"]), len(sharegpt["valid"]))
         if len(sharegpt["train"]) < g.sharegpt_train or len(sharegpt["valid"]) < g.sharegpt_valid:

@@ -98,6 +98,31 @@ def next_item_hit_ndcg(pred_top: Sequence[Any], target: Any, k: int = 5) -> tupl
     return 0.0, 0.0
 
 
+def ci95(values: Sequence[float]) -> list[float]:
+    """95% confidence interval of the mean of per-sample scores, as [low, high].
+
+    Scores that are all 0/1 (hits, accuracy) get the Wilson score interval, which stays
+    inside [0, 1] and is honest at 0 or 1 successes; graded scores (NDCG, coverage) get
+    the Student-t interval of the mean. One sample, or none, gives [nan, nan].
+    """
+    vals = [float(v) for v in values]
+    n = len(vals)
+    if n < 2:
+        return [math.nan, math.nan]
+    mean = sum(vals) / n
+    if all(v in (0.0, 1.0) for v in vals):
+        z = 1.959963984540054
+        denom = 1 + z * z / n
+        centre = (mean + z * z / (2 * n)) / denom
+        half = z * math.sqrt(mean * (1 - mean) / n + z * z / (4 * n * n)) / denom
+        return [max(0.0, centre - half), min(1.0, centre + half)]
+    from scipy.stats import t as student_t
+
+    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
+    half = float(student_t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    return [mean - half, mean + half]
+
+
 def yes_cut(pos_cut: float, neg_cut: float) -> float:
     """Share of the ranking a score-based method answers "yes" for: the middle of the gap.
 
@@ -185,9 +210,11 @@ def evaluate_rows(
                 correct.append(binary_yes(rank, int(n_valid[r]), pos_cut, neg_cut) == truth)
     n = max(len(rows), 1)
     return {
-        "uid2next": {"hr@5": sum(hits) / n, "ndcg@5": sum(ndcgs) / n},
-        "uidiid2rank": {"ndcg@5": sum(rank_ndcgs) / n},
-        "uidiid2binary": {"acc": sum(correct) / max(len(correct), 1)},
+        "uid2next": {"hr@5": sum(hits) / n, "ndcg@5": sum(ndcgs) / n, "n": len(rows),
+                     "ci95": {"hr@5": ci95(hits), "ndcg@5": ci95(ndcgs)}},
+        "uidiid2rank": {"ndcg@5": sum(rank_ndcgs) / n, "n": len(rows), "ci95": {"ndcg@5": ci95(rank_ndcgs)}},
+        "uidiid2binary": {"acc": sum(correct) / max(len(correct), 1), "n": len(correct),
+                          "ci95": {"acc": ci95([float(c) for c in correct])}},
         "n_rows": len(rows),
     }
 

@@ -39,15 +39,25 @@ _MASKED = -1.0e9
 
 
 def student_arch(cfg: Any) -> dict[str, Any]:
-    """Architecture of the student from recmodel.kd (sequence length / activation as the teacher)."""
+    """Architecture of the student from recmodel.kd (sequence length / activation as the teacher).
+
+    A size of 0 (hidden_size, num_layers, num_heads, inner_size) takes the teacher's, so by
+    default the student is as large as the target SASRec (paper 3.2.2 sizes per dataset).
+    """
     kd, rc = cfg.recmodel.kd, cfg.recmodel
-    if kd.hidden_size % kd.num_heads:
-        raise ConfigError(f"recmodel.kd.hidden_size ({kd.hidden_size}) must be divisible by num_heads ({kd.num_heads})")
+    sizes = {}
+    for key in ("hidden_size", "num_layers", "num_heads", "inner_size"):
+        value = getattr(kd, key)
+        if value < 0:
+            raise ConfigError(f"recmodel.kd.{key} must be >= 0 (0 = the teacher's recmodel.{key}), got {value}")
+        sizes[key] = value or getattr(rc, key)
+    if sizes["num_heads"] < 1 or sizes["hidden_size"] % sizes["num_heads"]:
+        raise ConfigError(f"recmodel.kd.hidden_size ({sizes['hidden_size']}) must be divisible by num_heads "
+                          f"({sizes['num_heads']}) (0 = the teacher's)")
     if kd.temperature <= 0 or kd.epochs < 1:
         raise ConfigError("recmodel.kd.temperature must be > 0 and recmodel.kd.epochs >= 1")
     return {
-        "model": "sasrec", "hidden_size": kd.hidden_size, "num_layers": kd.num_layers, "num_heads": kd.num_heads,
-        "inner_size": kd.inner_size, "hidden_act": rc.hidden_act, "hidden_dropout": kd.dropout,
+        "model": "sasrec", **sizes, "hidden_act": rc.hidden_act, "hidden_dropout": kd.dropout,
         "attn_dropout": kd.dropout, "max_seq_len": rc.max_seq_len,
     }
 

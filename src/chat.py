@@ -5,7 +5,9 @@ the assistant generation prompt (the tokenizer's chat template when it has one a
 ``llm.chat_format`` is ``auto``, Vicuna v1.1 otherwise). ``encode_prompt`` turns that into
 token ids, shortening the question from its middle if it does not fit (markers are never
 removed). ``encode_example`` adds the answer ids (answer + end-of-turn token) that carry
-the loss; the answer is never cut. ``collate_for_generation(tokenizer, records, cfg)``
+the loss; the answer is never cut. ``encode_conversation(tokenizer, messages, cfg)`` does
+the same for a whole multi-turn conversation (task 5), with labels on every assistant turn
+and whole turns kept within ``llm.max_length``. ``collate_for_generation(tokenizer, records, cfg)``
 builds a left-padded batch plus ``user_histories`` (one row per ``<user>`` marker, in
 order, right-aligned and 0-padded to ``recmodel.max_seq_len``) and ``item_ids`` (one per
 ``<item>`` marker) for :meth:`src.model.RecExplainer.generate`.
@@ -181,6 +183,9 @@ class EncodedExample:
     input_ids: list[int]
     labels: list[int]
     truncated: bool
+    #: user/assistant pairs encoded / in the record (multi-turn records, see encode_conversation)
+    turns_kept: int = 1
+    turns_total: int = 1
 
 
 def encode_example(
@@ -196,6 +201,101 @@ def encode_example(
         return None
     prompt, truncated = enc
     return EncodedExample(prompt + ans, [-100] * len(prompt) + ans, truncated)
+
+
+def check_messages(messages: Any, rid: str = "?") -> list[dict[str, str]]:
+    """A multi-turn record's ``messages``: user/assistant pairs, strictly alternating."""
+    ok = isinstance(messages, list) and len(messages) >= 2 and len(messages) % 2 == 0
+    if ok:
+        for j, m in enumerate(messages):
+            if not (isinstance(m, dict) and m.get("role") == ("user", "assistant")[j % 2]
+                    and isinstance(m.get("content"), str)):
+                ok = False
+                break
+    if not ok:
+        raise StageError(
+            f"task record {rid}: 'messages' must be a list of user/assistant turns "
+            '({"role": "user"|"assistant", "content": str}), strictly alternating, starting with the user, '
+            "ending with the assistant"
+        )
+    return messages
+
+
+def _pair_texts(tokenizer: Any, messages: Sequence[dict[str, str]], cfg: Config) -> list[tuple[str, str]] | None:
+    """For each user/assistant pair: (text that precedes the answer, answer text with its turn end).
+
+    Concatenated they are the whole conversation as the chat format renders it; the first
+    prefix is exactly :func:`build_prompt` of the first question (the inference prompt).
+    None when the tokenizer's template does not render a conversation as a growing prefix
+    (then only the first turn can be trained).
+    """
+    out: list[tuple[str, str]] = []
+    if chat_format(tokenizer, cfg) == "vicuna":
+        for k in range(0, len(messages), 2):
+            q, a = messages[k]["content"], messages[k + 1]["content"]
+            out.append((f"{VICUNA_SYSTEM} USER: {q} ASSISTANT:" if k == 0 else f"USER: {q} ASSISTANT:", f" {a}"))
+        return out
+    done = ""
+    for k in range(0, len(messages), 2):
+        prompt = tokenizer.apply_chat_template(list(messages[: k + 1]), tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(list(messages[: k + 2]), tokenize=False)
+        if not prompt.startswith(done) or not full.startswith(prompt):
+            return None
+        out.append((prompt[len(done):], full[len(prompt):]))
+        done = full
+    return out
+
+
+def encode_conversation(
+    tokenizer: Any, messages: Sequence[dict[str, str]], cfg: Config, max_length: int | None = None
+) -> EncodedExample | None:
+    """A whole multi-turn conversation with labels on every assistant turn (task 5, ShareGPT).
+
+    Turns are rendered by the chat format (the tokenizer's template, or Vicuna v1.1 as in
+    the original) and kept as whole user/assistant pairs from the start while they fit
+    `max_length` (default ``llm.max_length``); later pairs are dropped, and ``truncated`` /
+    ``turns_kept`` say so. Each assistant turn carries the loss on its text and its end
+    token, exactly as :func:`encode_example` labels a single answer; text the template
+    puts after the end token belongs to the next (unlabelled) user segment. A conversation
+    of one pair, or whose first pair alone does not fit, is :func:`encode_example` of its
+    first turn (the question shortened from its middle if needed).
+    """
+    max_length = cfg.llm.max_length if max_length is None else max_length
+    n_pairs = len(messages) // 2
+    first = encode_example(tokenizer, messages[0]["content"], messages[1]["content"], cfg, max_length)
+    texts = _pair_texts(tokenizer, messages, cfg) if n_pairs > 1 else None
+    if texts is None:
+        if first is not None:
+            first.turns_total = n_pairs
+            first.truncated = first.truncated or n_pairs > 1
+        return first
+    eos = eos_id(tokenizer)
+    eos_text = tokenizer.eos_token or ""
+    ids: list[int] = []
+    labels: list[int] = []
+    carry = ""
+    kept = 0
+    for k, (prefix, answer) in enumerate(texts):
+        prefix = carry + prefix
+        p_ids = _ids(tokenizer, prefix, special=_adds_bos(tokenizer, prefix)) if k == 0 else _ids(tokenizer, prefix, special=False)
+        content = messages[2 * k + 1]["content"]
+        at = answer.find(content)
+        cut = answer.find(eos_text, at + len(content) if at >= 0 else 0) if eos_text else -1
+        if cut >= 0:
+            a_ids, carry = _ids(tokenizer, answer[: cut + len(eos_text)], special=False), answer[cut + len(eos_text):]
+        else:
+            a_ids, carry = _ids(tokenizer, answer.rstrip(), special=False) + [eos], ""
+        if len(ids) + len(p_ids) + len(a_ids) > max_length:
+            break
+        ids += p_ids + a_ids
+        labels += [-100] * len(p_ids) + a_ids
+        kept += 1
+    if kept == 0:  # the first pair alone is too long: the single-turn path shortens its question
+        if first is not None:
+            first.turns_total = n_pairs
+            first.truncated = True
+        return first
+    return EncodedExample(ids, labels, truncated=kept < n_pairs, turns_kept=kept, turns_total=n_pairs)
 
 
 # --------------------------------------------------------------------------- markers

@@ -89,14 +89,16 @@ class KDConfig:
     """KD-SASRec student (EMKD-style score distillation)."""
 
     enabled: bool = True
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 2
+    #: student sizes; 0 = the teacher's (recmodel.hidden_size / num_layers / num_heads /
+    #: inner_size), so the student is the teacher's size unless set
+    hidden_size: int = 0
+    num_layers: int = 0
+    num_heads: int = 0
     temperature: float = 1.0
     epochs: int = 20
     lr: float = 1.0e-3
-    #: student feed-forward width and dropout (hidden and attention)
-    inner_size: int = 256
+    #: student feed-forward width (0 = the teacher's) and dropout (hidden and attention)
+    inner_size: int = 0
     dropout: float = 0.2
 
 
@@ -135,6 +137,15 @@ class RecModelConfig:
     pos_cut: float = 0.2
     #: share of items below which a score counts as negative for task 3 (paper: bottom 50%)
     neg_cut: float = 0.5
+    #: full-ranking evaluation (valid/test metrics, early stopping): true = the user's whole
+    #: history is masked (ours; UniRec's one_vs_all, which the original used, masks the
+    #: user_history file too); false = only padding item 0 (RecBole's sequential protocol)
+    eval_mask_history: bool = True
+    #: max gradient norm (0 = no clipping; the original's UniRec run: 10)
+    grad_clip: float = 0.0
+    #: ReduceLROnPlateau factor on the valid metric, patience 1 epoch (0 = constant lr;
+    #: the original's UniRec run: 0.1)
+    lr_plateau_factor: float = 0.0
     kd: KDConfig = field(default_factory=KDConfig)
 
 
@@ -153,6 +164,9 @@ class DataGenConfig:
     sharegpt_valid: int = 1000
     #: max characters of a ShareGPT first turn kept
     sharegpt_max_chars: int = 2000
+    #: task 5 records carry the whole conversation ("messages") and train every assistant
+    #: turn, whole turns within llm.max_length (the original); false = the first turn only
+    sharegpt_multi_turn: bool = True
     #: users sampled for explanation prompts per split (paper: 500 valid / 2000 train)
     explan_valid_users: int = 500
     explan_train_users: int = 2000
@@ -177,7 +191,9 @@ class LoraConfig:
     alpha: int = 32
     dropout: float = 0.1
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    modules_to_save: list[str] = field(default_factory=list)
+    #: modules trained and saved whole beside LoRA (the original v1: embed_tokens, lm_head);
+    #: tied input/output embeddings stay tied (one trained matrix; see src.model.apply_lora)
+    modules_to_save: list[str] = field(default_factory=lambda: ["embed_tokens", "lm_head"])
 
 
 @dataclass
@@ -187,7 +203,7 @@ class LLMConfig:
     #: auto (tokenizer's chat template, else vicuna) | vicuna
     chat_format: str = "auto"
     max_length: int = 1024
-    #: float32 | bfloat16 | float16 (weights' dtype when loading)
+    #: auto (the faster of float32 / bfloat16 on this machine, measured: src.precision) | float32 | bfloat16 | float16
     torch_dtype: str = "float32"
     lora: LoraConfig = field(default_factory=LoraConfig)
     #: tiny profile only: architecture of the LLaMA built from a config
@@ -216,6 +232,27 @@ class TrainConfig:
     #: cap on training / eval samples (0 = all); keeps CPU runs inside their budget
     max_train_samples: int = 0
     max_eval_samples: int = 0
+    #: task record types (e.g. uid2next, iid2sim, uid2hist) dropped from the train and valid
+    #: files before any subsampling; the Figure 7 ablation (src.ablation) sets it per variant
+    exclude_tasks: list[str] = field(default_factory=list)
+    #: share of the train.max_train_samples budget per record type, e.g. {uid2next: 4,
+    #: uidiid2binary: 2}; types left out are not trained; empty = a uniform random sample
+    #: of the file (the paper's mix). Small types repeat (more than one pass).
+    task_mix: dict[str, float] = field(default_factory=dict)
+    #: learning rate of the two projectors (0 = train.lr). They start from scratch while
+    #: LoRA starts from a trained LM, so a short run wants them faster.
+    projector_lr: float = 0.0
+    #: full-batch steps of projector pre-alignment before LLM training (0 = off, the paper):
+    #: the item projector regresses each item's recommender vector onto the LLM's mean
+    #: input embedding of its title, the user projector regresses a user's vector onto that
+    #: of the recommender's top-1 title; costs seconds, no LLM forward pass
+    prealign_steps: int = 0
+    prealign_lr: float = 1.0e-3
+    #: alignment learning curve: evaluate a fixed probe set at this many evenly spaced
+    #: points of training (plus step 0); 0 = off. Rows go to llm/<T>/probe.jsonl.
+    probe_points: int = 0
+    #: probe records per inference mode (seeded sample of the evaluation file)
+    probe_samples: dict[str, int] = field(default_factory=lambda: {"uid2next": 40, "uidiid2binary": 100})
     seed: int = 42
 
 
@@ -229,21 +266,35 @@ class EvalConfig:
     max_new_tokens: int = 64
     #: new-token cap for list answers (uidiid2rank: 5 titles, uid2hist: the history titles)
     max_new_tokens_list: int = 160
-    #: cap on samples per inference mode, the first ones of the task file (0 = all)
+    #: cap on samples per inference mode: a seeded random sample of the task file (0 = all)
     max_samples: int = 0
+    #: seed of that sample (the same records for every method; change it to redraw)
+    sample_seed: int = 42
     #: per-mode caps that override max_samples, e.g. {uid2next: 40} (beam search costs most)
     max_samples_per_mode: dict[str, int] = field(default_factory=dict)
     #: in-context examples for the ICL baseline
     icl_examples: int = 2
     #: also report title-constrained decoding for uid2next
     constrained: bool = True
+    #: titles an API model (gpt4 / GPT4-ICL) is asked for on uid2next, scored as a ranked
+    #: list for HR@5 / NDCG@5 (paper 3.1.1: K = 5; 1 = one guess, no extra instruction)
+    api_uid2next_k: int = 5
+    #: appended to the uid2next question for the API model when api_uid2next_k > 1 ({k} filled in)
+    api_uid2next_instruction: str = (
+        "Answer with the {k} most likely item titles, most likely first, as a numbered list "
+        "with one title per line and nothing else."
+    )
     #: cpu | cuda | auto
     device: str = "auto"
 
 
 @dataclass
 class ExplainConfig:
-    max_new_tokens: int = 256
+    #: new-token cap of an explanation (the original's infer_explan.sh: 500)
+    max_new_tokens: int = 500
+    #: explanations are at least this long (end token suppressed before; 0 = off; the
+    #: original's infer_explan.sh: 150)
+    min_new_tokens: int = 0
     batch_size: int = 4
     #: cap on explanation prompts per split (0 = all)
     max_samples: int = 0
@@ -293,10 +344,12 @@ class APIConfig:
 class DiscriminatorConfig:
     #: BERT-family encoder path (default: all-MiniLM-L6-v2 from the fetch stage)
     encoder: str = "models/all-minilm-l6-v2"
-    max_length: int = 256
+    #: tokens per explanation; lr, epochs and batch: the original's run_cls.sh / run_reg.sh
+    #: (max_seq_length 512, 3e-5, 3 epochs, 8 per device x 1 accumulation)
+    max_length: int = 512
     epochs: float = 3.0
-    lr: float = 5.0e-5
-    batch_size: int = 16
+    lr: float = 3.0e-5
+    batch_size: int = 8
     test_ratio: float = 0.2
     #: explanations per method for the classifier (paper: 2500)
     per_method: int = 2500
@@ -495,11 +548,59 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+#: provenance label of a leaf set by a ``--set`` override (files are labelled by their path)
+PROV_OVERRIDE = "--set"
+#: provenance label of a leaf that no file or override set (the dataclass default)
+PROV_DEFAULT = "default"
+
+
+def _section_cls(dotted: str) -> type | None:
+    """The dataclass of the section at ``dotted`` ("" = Config), None if it is not a section."""
+    cls: Any = Config
+    for part in [p for p in dotted.split(".") if p]:
+        sub = typing.get_type_hints(cls).get(part) if dataclasses.is_dataclass(cls) else None
+        if not dataclasses.is_dataclass(sub):
+            return None
+        cls = sub
+    return cls
+
+
+def _leaves(data: Any, cls: type | None, prefix: str = "") -> list[str]:
+    """Dotted names of the leaves of a (partial) config mapping.
+
+    A dataclass section is walked key by key; anything else, mapping-valued settings such
+    as ``dataset.files`` included, is one leaf (a child replaces it whole).
+    """
+    if cls is None or not isinstance(data, dict):
+        return [prefix] if prefix else []
+    hints = typing.get_type_hints(cls)
+    out: list[str] = []
+    for k, v in data.items():
+        sub = hints.get(k)
+        name = f"{prefix}.{k}" if prefix else str(k)
+        out += _leaves(v, sub, name) if dataclasses.is_dataclass(sub) and isinstance(v, dict) else [name]
+    return out
+
+
+def _replace_prov(prov: dict[str, str], key: str, new: dict[str, str]) -> None:
+    """Forget what set ``key`` and everything under it, then record ``new`` there."""
+    for k in [k for k in prov if k == key or k.startswith(key + ".")]:
+        del prov[k]
+    prov.update({k: v for k, v in new.items() if k == key or k.startswith(key + ".")})
+
+
+def load_config(
+    path: str | Path, overrides: list[str] | None = None, provenance: dict[str, str] | None = None
+) -> Config:
     """Load a YAML config, apply ``key.sub=value`` overrides, and validate every key.
 
-    A YAML may start with ``base: other.yaml`` (relative to itself) to inherit from another
-    config; its own keys then override the base's section by section.
+    A YAML may start with ``base: other.yaml`` or ``base: [a.yaml, b.yaml]`` (relative to
+    itself) to inherit from other configs: the bases are applied in order (a later one wins),
+    then the file's own keys, section by section.
+
+    ``provenance``, when given, is filled with ``{dotted leaf: where it was set}``: the
+    resolved path of the YAML file, or ``"--set"`` for an override. Leaves missing from it
+    keep their dataclass default.
     """
     path = Path(path)
     if not path.is_file():
@@ -507,38 +608,81 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         if not alt.is_file():
             raise ConfigError(f"config file not found: {path}")
         path = alt
-    data = _read_yaml(path)
+    prov: dict[str, str] = {}
+    data = _read_yaml(path, provenance=prov)
     for ov in overrides or []:
         if "=" not in ov:
             raise ConfigError(f"override '{ov}' must look like key.sub=value")
         key, raw = ov.split("=", 1)
-        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+        key, value = key.strip(), yaml.safe_load(raw)
+        _set_dotted(data, key, value)
+        # the leaf it lands in: a key inside a mapping setting (dataset.files.inter) marks
+        # the whole setting; a whole section (recmodel.kd={...}) marks each key it gives
+        parts = key.split(".")
+        n = 1
+        while n < len(parts) and _section_cls(".".join(parts[:n])) is not None:
+            n += 1
+        leaf = ".".join(parts[:n])
+        sub = _section_cls(leaf)
+        leaves = (_leaves(value, sub, leaf) or [leaf]) if leaf == key and sub is not None else [leaf]
+        _replace_prov(prov, leaf, {k: PROV_OVERRIDE for k in leaves})
     cfg = _build(Config, data, "", str(path))
     cfg.source_file = str(path)
+    if provenance is not None:
+        provenance.clear()
+        provenance.update(prov)
     return cfg
 
 
-def _merge(base: dict, top: dict, cls: type = None) -> dict:  # type: ignore[assignment]
+def _merge(
+    base: dict,
+    top: dict,
+    cls: type = None,  # type: ignore[assignment]
+    prov: dict[str, str] | None = None,
+    top_prov: dict[str, str] | None = None,
+    prefix: str = "",
+) -> dict:
     """Overlay `top` on `base` section by section.
 
     Only dataclass sections merge key by key; a mapping-valued setting (e.g.
     ``dataset.files``) is replaced whole, so a child config never inherits stale entries.
+    With ``prov``, the provenance of `base`'s leaves, each leaf `top` sets takes its entry
+    from ``top_prov`` (the provenance of `top`'s leaves).
     """
     cls = cls or Config
     hints = typing.get_type_hints(cls)
     out = dict(base)
     for k, v in top.items():
         sub = hints.get(k)
+        name = f"{prefix}.{k}" if prefix else str(k)
         if dataclasses.is_dataclass(sub) and isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v, sub)
+            out[k] = _merge(out[k], v, sub, prov, top_prov, name)
         else:
             out[k] = v
+            if prov is not None:
+                _replace_prov(prov, name, top_prov or {})
     return out
 
 
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+def _check_keys(data: dict, cls: type, where: str, src: str) -> None:
+    """Reject unknown keys in one file's own mapping (as :func:`_build` does for the merge)."""
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise ConfigError(f"{src}: unknown config key '{key}' (known keys here: {', '.join(sorted(names))})")
+    hints = typing.get_type_hints(cls)
+    for k, v in data.items():
+        if dataclasses.is_dataclass(hints[k]) and isinstance(v, dict):
+            _check_keys(v, hints[k], f"{where}.{k}" if where else k, src)
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = (), provenance: dict[str, str] | None = None) -> dict:
+    """One YAML file with its ``base:`` chain applied; fills ``provenance`` for its leaves."""
+    path = path.resolve()
     if path in seen:
-        raise ConfigError(f"{path}: circular 'base:' chain")
+        chain = " -> ".join(str(p) for p in seen + (path,))
+        raise ConfigError(f"{path}: circular 'base:' chain ({chain})")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
@@ -546,12 +690,29 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     base = data.pop("base", None)
-    if base:
-        base_path = (path.parent / base).resolve()
+    if base is None or base == "" or base == []:
+        bases: list[str] = []
+    elif isinstance(base, str):
+        bases = [base]
+    elif isinstance(base, list) and base and all(isinstance(b, str) and b for b in base):
+        bases = list(base)
+    else:
+        raise ConfigError(f"{path}: 'base' must be a file name or a list of file names, got {base!r}")
+    merged: dict = {}
+    prov: dict[str, str] = {}
+    for b in bases:
+        base_path = (path.parent / b).resolve()
         if not base_path.is_file():
-            raise ConfigError(f"{path}: base config '{base}' not found at {base_path}")
-        data = _merge(_read_yaml(base_path, seen + (path,)), data)
-    return data
+            raise ConfigError(f"{path}: base config '{b}' not found at {base_path}")
+        base_prov: dict[str, str] = {}
+        base_data = _read_yaml(base_path, seen + (path,), base_prov)
+        merged = _merge(merged, base_data, prov=prov, top_prov=base_prov)
+    _check_keys(data, Config, "", str(path))  # a typo names the file that holds it
+    own_prov = {leaf: str(path) for leaf in _leaves(data, Config)}
+    merged = _merge(merged, data, prov=prov, top_prov=own_prov)
+    if provenance is not None:
+        provenance.update(prov)
+    return merged
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:

@@ -19,8 +19,8 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from src.chat import encode_example, marker_ids, marker_inputs, pad_markers
-from src.config import Config
+from src.chat import check_messages, encode_conversation, encode_example, marker_ids, marker_inputs, pad_markers
+from src.config import Config, ConfigError
 from src.utils import StageError, read_json
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,87 @@ def load_task_records(path: str | Path) -> list[dict]:
     return data
 
 
+def filter_task_types(
+    records: list[dict], exclude: Sequence[str], path: str | Path, strict: bool = True
+) -> list[dict]:
+    """`records` without those whose ``type`` is in `exclude` (``train.exclude_tasks``).
+
+    `strict` (the train file): every excluded name must be a type present in the file, so
+    a typo, or a type the chosen task_type never has, stops the run instead of silently
+    training the full model. Without it (the valid file) absent names are fine. Leaving
+    no record at all is always an error. Each dropped type is logged with its count.
+    """
+    if not exclude:
+        return records
+    present: dict[str, int] = {}
+    for r in records:
+        present[str(r.get("type"))] = present.get(str(r.get("type")), 0) + 1
+    missing = [t for t in exclude if t not in present]
+    if strict and missing:
+        raise StageError(
+            f"train.exclude_tasks: {missing[0]!r} is not a task type of {path} "
+            f"(types present: {', '.join(sorted(present))})"
+        )
+    drop = set(exclude)
+    kept = [r for r in records if r.get("type") not in drop]
+    dropped = {t: present[t] for t in exclude if t in present}
+    log.info("%s: train.exclude_tasks dropped %d of %d records (%s)", Path(path).name, len(records) - len(kept),
+             len(records), ", ".join(f"{t}: {n}" for t, n in dropped.items()) or "none present")
+    if not kept:
+        raise StageError(
+            f"train.exclude_tasks={list(exclude)} leaves no records in {path} "
+            f"(types present: {', '.join(sorted(present))})"
+        )
+    return kept
+
+
+def mix_tasks(records: list[dict], mix: dict[str, float], total: int, seed: int, path: str | Path) -> list[dict]:
+    """`total` records drawn per ``type`` in the proportions of `mix` (``train.task_mix``).
+
+    WHY: on a CPU budget a few hundred steps are shared by every task type, and a uniform
+    sample spends them in the file's proportions (task 4 item records outnumber task 3);
+    the mix says where the budget goes. A key is a record type (every form of it) or
+    ``type:form`` (e.g. ``uid2next:hybrid``: one form of the hybrid file's three). Types
+    absent from `mix` (or weighted 0) are not trained. A type with fewer records than its share is repeated (seeded), i.e. trained
+    for more than one pass, and the log says so. Output order is seeded-random.
+    """
+    if not mix:
+        return subsample(records, total, seed)
+    if total <= 0:
+        raise ConfigError("train.task_mix needs train.max_train_samples > 0 (the budget it divides)")
+    by_type: dict[str, list[dict]] = {}
+    for r in records:  # a key is a type ("uid2next") or a type in one form ("uid2next:hybrid")
+        by_type.setdefault(str(r.get("type")), []).append(r)
+        if r.get("form"):
+            by_type.setdefault(f"{r.get('type')}:{r['form']}", []).append(r)
+    bad = [t for t, w in mix.items() if not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0]
+    if bad:
+        raise ConfigError(f"train.task_mix.{bad[0]} must be a non-negative number, got {mix[bad[0]]!r}")
+    weights = {t: float(w) for t, w in mix.items() if w > 0}
+    missing = [t for t in weights if t not in by_type]
+    if missing:
+        raise StageError(
+            f"train.task_mix: {missing[0]!r} is not a task type of {path} (types present: {', '.join(sorted(by_type))})"
+        )
+    if not weights:
+        raise ConfigError("train.task_mix gives every type weight 0")
+    rng = random.Random(seed)
+    norm = sum(weights.values())
+    out: list[dict] = []
+    counts = []
+    for t, w in weights.items():
+        pool = by_type[t]
+        n = max(1, round(total * w / norm))
+        picked = [pool[i] for i in rng.sample(range(len(pool)), min(n, len(pool)))]
+        while len(picked) < n:  # more than one pass over a small type
+            picked.append(pool[rng.randrange(len(pool))])
+        out.extend(picked)
+        counts.append(f"{t}: {n}" + (f" ({n / len(pool):.1f} passes)" if n > len(pool) else ""))
+    rng.shuffle(out)
+    log.info("%s: train.task_mix drew %d records (%s)", Path(path).name, len(out), ", ".join(counts))
+    return out
+
+
 def subsample(records: list[dict], cap: int, seed: int) -> list[dict]:
     """A seeded random subset of `cap` records in file order (0 = all).
 
@@ -55,7 +136,13 @@ def subsample(records: list[dict], cap: int, seed: int) -> list[dict]:
 
 
 class TaskDataset(Dataset):
-    """Encoded task records; rows that cannot fit `llm.max_length` are dropped and counted."""
+    """Encoded task records; rows that cannot fit `llm.max_length` are dropped and counted.
+
+    A record with ``messages`` (a whole multi-turn conversation, task 5 with
+    ``data_gen.sharegpt_multi_turn``) is encoded with :func:`src.chat.encode_conversation`:
+    loss on every assistant turn, whole turns within ``llm.max_length``; any other record is
+    one question/answer pair (:func:`src.chat.encode_example`).
+    """
 
     def __init__(self, records: Sequence[dict], tokenizer: Any, cfg: Config, desc: str = "encode") -> None:
         user_id, item_id = marker_ids(tokenizer)
@@ -63,21 +150,29 @@ class TaskDataset(Dataset):
         self.rows: list[dict[str, Any]] = []
         self.n_truncated = 0
         self.n_dropped = 0
+        #: multi-turn conversations whose later turns did not fit llm.max_length
+        self.n_turns_cut = 0
         for rec in tqdm(records, desc=desc, leave=False, mininterval=5):
-            ex = encode_example(tokenizer, rec["question"], rec["answer"], cfg)
+            if rec.get("messages") is not None:
+                msgs = check_messages(rec["messages"], str(rec.get("id", "?")))
+                ex = encode_conversation(tokenizer, msgs, cfg)
+            else:
+                ex = encode_example(tokenizer, rec["question"], rec["answer"], cfg)
             if ex is None:
                 self.n_dropped += 1
                 continue
             users, items = marker_inputs(rec, ex.input_ids, user_id, item_id, L)
             self.n_truncated += int(ex.truncated)
+            self.n_turns_cut += int(ex.turns_kept < ex.turns_total)
             self.rows.append(
                 {"input_ids": ex.input_ids, "labels": ex.labels, "user_histories": users, "item_ids": items}
             )
         if self.n_truncated or self.n_dropped:
             log.warning(
-                "%s: %d of %d samples had their question shortened to fit llm.max_length=%d; %d dropped "
+                "%s: %d of %d samples were shortened to fit llm.max_length=%d (the question cut from its "
+                "middle, or, in %d multi-turn conversations, the later turns dropped); %d dropped "
                 "(answer alone too long)",
-                desc, self.n_truncated, len(records), cfg.llm.max_length, self.n_dropped,
+                desc, self.n_truncated, len(records), cfg.llm.max_length, self.n_turns_cut, self.n_dropped,
             )
         if not self.rows:
             raise StageError(f"{desc}: no sample fits llm.max_length={cfg.llm.max_length}")

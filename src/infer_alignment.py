@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from src.config import Config, ConfigError, add_config_args, config_from_args
-from src.metrics import MODE_METRICS, compute_metrics, split_titles
+from src.metrics import MODE_METRICS, compute_metrics, parse_ranked_titles
 from src.utils import JsonlAppender, StageError, read_json, resolve_device, run_stage, set_seed, write_json
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def read_tasks(path: Path) -> list[dict]:
 
 
 def load_eval_records(cfg: Config, task_type: str, mode: str, split: str) -> list[dict]:
-    """Records of one inference mode, capped at eval.max_samples (the first ones, stable)."""
+    """Records of one inference mode; over eval.max_samples a seeded random sample (stable)."""
     path = task_file(cfg, task_type, split)
     records = [r for r in read_tasks(path) if r["type"] == mode]
     if not records:
@@ -110,8 +110,13 @@ def load_eval_records(cfg: Config, task_type: str, mode: str, split: str) -> lis
         )
     cap = max_samples(cfg, mode)
     if cap and len(records) > cap:
-        log.info("evaluating the first %d of %d %s records (eval.max_samples)", cap, len(records), mode)
-        records = records[:cap]
+        # a seeded random draw, not the first N: task files are ordered by user, and the
+        # first users are no random sample of them; eval.sample_seed redraws it
+        seed = f"{cfg.eval.sample_seed}:{mode}"
+        keep = sorted(random.Random(seed).sample(range(len(records)), cap))
+        log.info("evaluating a seeded random %d of %d %s records (eval.max_samples, eval.sample_seed=%d)",
+                 cap, len(records), mode, cfg.eval.sample_seed)
+        records = [records[i] for i in keep]
     return records
 
 
@@ -211,30 +216,65 @@ def run_local(
         return _rows_for(app.rows, records, rows_path)
 
 
-def api_messages(rec: dict) -> list[dict[str, str]]:
-    """The ICL conversation for the API: examples as earlier turns, then the question."""
+def api_messages(rec: dict, instruction: str = "") -> list[dict[str, str]]:
+    """The ICL conversation for the API: examples as earlier turns, then the question
+    (with `instruction` appended to the final question only; the examples keep their
+    recorded answers)."""
     msgs: list[dict[str, str]] = []
     for ex in rec.get("icl") or []:
         msgs += [{"role": "user", "content": ex["question"]}, {"role": "assistant", "content": ex["answer"]}]
-    msgs.append({"role": "user", "content": rec["question"]})
+    msgs.append({"role": "user", "content": f"{rec['question']} {instruction}" if instruction else rec["question"]})
     return msgs
+
+
+def api_uid2next_instruction(cfg: Config) -> str:
+    """What the API model is told on task 1: rank eval.api_uid2next_k titles ('' for k <= 1)."""
+    k = cfg.eval.api_uid2next_k
+    if k < 1:
+        raise ConfigError(f"eval.api_uid2next_k must be >= 1, got {k}")
+    if k == 1:
+        return ""
+    try:
+        return cfg.eval.api_uid2next_instruction.format(k=k).strip()
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(f"eval.api_uid2next_instruction may contain only the field {{k}}: {e}") from None
+
+
+def _drop_stale_api_rows(rows_path: Path, k: int) -> None:
+    """Rows of an earlier uid2next API run asked for a different number of titles: redo them."""
+    if not rows_path.is_file():
+        return
+    with JsonlAppender(rows_path) as app:
+        stale = sum(1 for r in app.rows if r.get("api_k") != k)
+    if stale:
+        log.warning("%s: %d row(s) were asked for a different number of titles than eval.api_uid2next_k=%d; "
+                    "asking again", rows_path, stale, k)
+        rows_path.unlink()
 
 
 def run_api(cfg: Config, client: Any, records: list[dict], mode: str, rows_path: Path) -> list[dict]:
     """GPT-4-ICL rows: one completion per record (the client caches every request).
 
-    Task 1 with an API model: the answer's titles (split on "; ") in order, top-5 kept; a
-    chat model returns one answer, not five beams. Task 3: the reply's first yes/no
-    decision (src.judge.decision_of, the same reading the explanation judge uses). A request that fails for good is left out and reported; re-running retries it.
+    Task 1 with an API model: a chat model returns one answer, not five beams, so the
+    question asks for ``eval.api_uid2next_k`` (paper: 5) titles, most likely first
+    (``eval.api_uid2next_instruction``), and the reply is read as a ranked list
+    (:func:`src.metrics.parse_ranked_titles`: numbered / bulleted lines, "; " or inline
+    numbering) for HR@5 / NDCG@5. Task 3: the reply's first yes/no decision
+    (src.judge.decision_of, the same reading the explanation judge uses). A request that
+    fails for good is left out and reported; re-running retries it.
     """
     from src.judge import decision_of
 
+    instruction = ""
+    if mode == "uid2next":
+        instruction = api_uid2next_instruction(cfg)
+        _drop_stale_api_rows(rows_path, cfg.eval.api_uid2next_k)
     with JsonlAppender(rows_path) as app:
         todo = _todo(app, records)
         failed = 0
         for start in range(0, len(todo), API_CHUNK):
             chunk = todo[start : start + API_CHUNK]
-            replies = client.complete_many([api_messages(r) for r in chunk], desc=f"{mode} api")
+            replies = client.complete_many([api_messages(r, instruction) for r in chunk], desc=f"{mode} api")
             for rec, text in zip(chunk, replies):
                 if text is None:
                     failed += 1
@@ -243,7 +283,9 @@ def run_api(cfg: Config, client: Any, records: list[dict], mode: str, rows_path:
                 if mode == BINARY_MODE:
                     row["pred"] = decision_of(text)
                 elif mode == "uid2next":
-                    row["generations"] = split_titles(text)[:5] or [text.strip()]
+                    k = cfg.eval.api_uid2next_k
+                    row["generations"] = parse_ranked_titles(text, k) or [text.strip()]
+                    row["api_k"] = k
                 else:
                     row["generations"] = [text.strip()]
                 app.append(row)
@@ -265,11 +307,14 @@ def evaluate(
     force: bool = False,
     loaded: tuple[Any, Any] | None = None,
     client: Any = None,
+    method: str | None = None,
 ) -> dict | None:
     """Run one (method, inference mode) evaluation; return its metrics (None if skipped).
 
     `loaded` = (model, tokenizer) bypasses src.model.load_trained (tests, benchmarks);
-    `client` bypasses the construction of src.api_client.ChatClient.
+    `client` bypasses the construction of src.api_client.ChatClient. `method` replaces the
+    output folder name under eval/ (src.ablation: ``ablation/<variant>`` with `loaded`
+    holding that variant's model).
     """
     if task_type not in TASK_TYPES:
         raise ConfigError(f"--task_type must be one of {', '.join(TASK_TYPES)}, got {task_type!r}")
@@ -280,7 +325,7 @@ def evaluate(
     use_api = task_type == "gpt4"
     constrained = cfg.eval.constrained if constrained is None else constrained
     constrained = constrained and mode == "uid2next" and not use_api
-    method = method_name(task_type, icl)
+    method = method or method_name(task_type, icl)
     paths = output_paths(cfg, method, mode, split)
 
     if force:
@@ -288,7 +333,11 @@ def evaluate(
             paths[key].unlink(missing_ok=True)
     elif paths["metrics"].is_file():
         done = read_json(paths["metrics"])
-        if not constrained or isinstance(done.get("constrained"), dict):
+        stale_api = (use_api and mode == "uid2next"
+                     and done.get("settings", {}).get("api_uid2next_k") != cfg.eval.api_uid2next_k)
+        if stale_api:
+            log.info("%s was measured with another eval.api_uid2next_k; measuring again", paths["metrics"])
+        elif not constrained or isinstance(done.get("constrained"), dict):
             log.info("%s exists; skipping (use --force to redo)", paths["metrics"])
             return done
 
@@ -335,6 +384,9 @@ def evaluate(
             "max_new_tokens": cfg.eval.max_new_tokens_list if mode in LIST_MODES else cfg.eval.max_new_tokens,
             "max_samples": max_samples(cfg, mode), "base_model": cfg.llm.base_model,
             "task_file": str(task_file(cfg, task_type, split)),
+            **({"api_uid2next_k": cfg.eval.api_uid2next_k,
+                "api_uid2next_instruction": api_uid2next_instruction(cfg)}
+               if use_api and mode == "uid2next" else {}),
         },
     }
     if crows is not None:
@@ -342,7 +394,7 @@ def evaluate(
     write_json(paths["metrics"], metrics)
     shown = {k: round(v, 4) for k, v in metrics.items() if k in MODE_METRICS[mode]}
     log.info("%s %s: %s (n=%d)%s", method, mode, json.dumps(shown), metrics["n"],
-             f"; constrained {json.dumps({k: round(v, 4) for k, v in metrics['constrained'].items()})}"
+             f"; constrained {json.dumps({k: round(v, 4) for k, v in metrics['constrained'].items() if k in MODE_METRICS[mode]})}"
              if crows is not None else "")
     return metrics
 

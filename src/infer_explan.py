@@ -5,8 +5,9 @@
 
 * ``behaviour`` / ``intention`` / ``both``: RecExplainer-B / -I / -H (``src.model.load_trained``)
   on ``tasks/explan_<task_type>_<split>.json``; ``none``: the unaligned base LLM on the
-  behaviour-form prompts (``explan_none_*``). Greedy decoding, ``explain.max_new_tokens``
-  new tokens, batched with ``src.generation.generate_texts``.
+  behaviour-form prompts (``explan_none_*``). Greedy decoding, at most ``explain.max_new_tokens``
+  and at least ``explain.min_new_tokens`` new tokens (the original: 500 / 150), batched with
+  ``src.generation.generate_texts``.
 * ``chatgpt``: any API model through :class:`src.api_client.ChatClient` on
   ``tasks/explan_chatgpt_<split>.csv`` (model: ``explain.chatgpt_model``, else the
   endpoint's); needs a configured endpoint (or cached answers).
@@ -240,10 +241,14 @@ def _run_model(
         for rec, texts in zip(recs, outs):
             app.append(make_row(rec, texts[0] if texts else "", task_type, split, ctx, aspect))
 
+    n_min = cfg.explain.min_new_tokens
+    if n_min < 0 or n_min > cfg.explain.max_new_tokens:
+        raise ConfigError(f"explain.min_new_tokens must be in 0..explain.max_new_tokens "
+                          f"({cfg.explain.max_new_tokens}), got {n_min}")
     generate_texts(
         model, tokenizer, todo, cfg, max_new_tokens=cfg.explain.max_new_tokens, num_beams=1,
         num_return_sequences=1, batch_size=cfg.explain.batch_size, on_batch=write,
-        desc=f"explain {task_type}/{split}",
+        desc=f"explain {task_type}/{split}", **({"min_new_tokens": n_min} if n_min else {}),
     )
 
 

@@ -15,13 +15,15 @@ that a metric fix never needs the model to run again.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 # One formula per metric for every row of Table 1: the recommender baselines (Random,
 # Popularity, KD-SASRec) are scored with these two functions on item ids, the LLMs here on
 # normalized titles. Task 2's graded relevance (1000, 100, 10, 1, 0 for the recommender's
 # 1st..5th candidate) is the original RecExplainer code's; see recmodel.baselines.
-from recmodel.baselines import next_item_hit_ndcg, ranking_ndcg
+from recmodel.baselines import ci95, next_item_hit_ndcg, ranking_ndcg  # noqa: F401 (ci95 re-exported)
 
 #: separator of titles inside one answer (task records join lists with it)
 TITLE_SEP = "; "
@@ -46,6 +48,54 @@ def split_titles(text: str | None, sep: str = TITLE_SEP) -> list[str]:
     if not text:
         return []
     return [p.strip() for p in text.split(sep) if p.strip()]
+
+
+#: a list-item marker at the start of a line: "1.", "2)", "(3)", "-", "*", "•"
+_ITEM_MARK = re.compile(r"^\s*(?:\(?\d{1,2}[.)]|[-*\u2022])\s+")
+#: an enumerator inside one line ("1. A 2. B"): a 1-2 digit number + "." or ")" + space
+_INLINE_NUM = re.compile(r"(?:^|(?<=\s))\(?(\d{1,2})[.)]\s+")
+_QUOTES = {'"': '"', "'": "'", "\u201c": "\u201d", "\u2018": "\u2019", "*": "*", "_": "_", "`": "`"}
+
+
+def _clean_title(piece: str) -> str:
+    """One listed title without its list marker, markdown emphasis or wrapping quotes."""
+    p = _ITEM_MARK.sub("", piece, count=1).strip()
+    for _ in range(3):  # **"Title"** -> Title
+        if len(p) >= 2 and p[0] in _QUOTES and p.endswith(_QUOTES[p[0]]):
+            n = len(p) - len(p.lstrip(p[0])) if p[0] in "*_" else 1
+            p = p[n:len(p) - n].strip() if len(p) > 2 * n else p
+        else:
+            break
+    return p
+
+
+def parse_ranked_titles(text: str | None, k: int = 0) -> list[str]:
+    """The ranked titles of a chat model's list answer (GPT4-ICL on task 1), best first.
+
+    Accepted shapes: one title per line (numbered "1." / "1)" / "(1)", bulleted or bare; when
+    some lines are numbered or bulleted, only those count, so a lead-in line such as "Here
+    are the titles:" takes no rank), titles joined by ``"; "`` on one line, or an inline
+    numbered list ("1. A 2. B"). Markers, markdown emphasis and wrapping quotes are
+    removed; matching is left to the metric (strip + lower case). `k` > 0 keeps the first k.
+    """
+    if not text or not text.strip():
+        return []
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if len(lines) > 1:
+        marked = [ln for ln in lines if _ITEM_MARK.match(ln)]
+        pieces = marked if marked else lines
+    elif TITLE_SEP in text:
+        pieces = text.split(TITLE_SEP)
+    else:
+        nums = list(_INLINE_NUM.finditer(text))
+        if len(nums) >= 2 and [int(m.group(1)) for m in nums] == list(range(1, len(nums) + 1)) \
+                and not text[: nums[0].start()].strip():
+            cuts = [m.start() for m in nums] + [len(text)]
+            pieces = [text[a:b] for a, b in zip(cuts, cuts[1:])]
+        else:
+            pieces = [text]
+    out = [t for t in (_clean_title(p) for p in pieces) if t]
+    return out[:k] if k > 0 else out
 
 
 # --------------------------------------------------------------------------- task 1
@@ -146,6 +196,7 @@ def compute_metrics(mode: str, rows: Sequence[dict], key: str = "generations") -
     if mode not in MODE_METRICS:
         raise ValueError(f"unknown inference mode {mode!r}; known: {sorted(MODE_METRICS)}")
     per = [sample_scores(mode, r, key) for r in rows]
-    out: dict[str, float] = {m: _mean(p[m] for p in per) for m in MODE_METRICS[mode]}
+    out: dict[str, Any] = {m: _mean(p[m] for p in per) for m in MODE_METRICS[mode]}
     out["n"] = len(rows)
+    out["ci95"] = {m: ci95([p[m] for p in per]) for m in MODE_METRICS[mode]}
     return out

@@ -70,11 +70,18 @@ class RecEncoder(Protocol):
 # --------------------------------------------------------------------------- base model
 
 
-def _dtype(name: str) -> torch.dtype:
+def _dtype(name: str, model_path: str | None = None) -> torch.dtype:
+    """The torch dtype of llm.torch_dtype; ``auto`` measures which is faster here (src.precision)."""
+    if name == "auto":
+        if model_path is None:
+            raise ConfigError("llm.torch_dtype=auto needs the model path to measure")
+        from src.precision import pick_dtype
+
+        name = pick_dtype(model_path)
     try:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
     except KeyError:
-        raise ConfigError(f"llm.torch_dtype must be float32 | bfloat16 | float16, got {name!r}") from None
+        raise ConfigError(f"llm.torch_dtype must be auto | float32 | bfloat16 | float16, got {name!r}") from None
 
 
 def _tiny_corpus(cfg: Config) -> list[str]:
@@ -224,7 +231,7 @@ def load_base(cfg: Config, device: str = "cpu") -> tuple[Any, Any]:
     path = base_model_path(cfg)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(cfg.llm.torch_dtype))
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(cfg.llm.torch_dtype, path))
     except OSError as e:
         raise StageError(f"llm.base_model={cfg.llm.base_model!r}: cannot load a causal LM from {path}: {e}") from None
     add_marker_tokens(model, tokenizer)
@@ -468,19 +475,41 @@ class RecExplainer(nn.Module):
 # --------------------------------------------------------------------------- LoRA / saving / loading
 
 
+def embedding_modules(lm: nn.Module) -> tuple[set[str], bool]:
+    """Names (last component, e.g. embed_tokens / lm_head) of the LM's input and output
+    embedding modules, and whether the two share one weight (tie_word_embeddings)."""
+    inp, out = lm.get_input_embeddings(), lm.get_output_embeddings()
+    names = {n.rsplit(".", 1)[-1] for n, m in lm.named_modules() if n and (m is inp or (out is not None and m is out))}
+    tied = out is not None and getattr(out, "weight", None) is not None and out.weight is inp.weight
+    return names, tied
+
+
 def apply_lora(lm: nn.Module, cfg: Config) -> nn.Module:
-    """Wrap the LM with a peft LoRA adapter (base weights frozen) per cfg.llm.lora."""
+    """Wrap the LM with a peft LoRA adapter (base weights frozen) per cfg.llm.lora.
+
+    ``llm.lora.modules_to_save`` (the original v1: embed_tokens and lm_head) makes peft
+    train a full copy of those modules beside the frozen originals; the copies, new
+    ``<user>``/``<item>`` rows included, are saved in the adapter. Tied embeddings (SmolLM2,
+    the tiny LLaMA; not Vicuna): when the LM's input and output embeddings share one weight
+    and either of them is listed, peft's ``ensure_weight_tying`` keeps them tied, i.e. ONE
+    trained matrix serves as both embedding and LM head, as in the base model, so a merged
+    model is again a valid tied checkpoint. Untied LMs get two independent trained copies,
+    which is what the original trained on Vicuna.
+    """
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
     lc = cfg.llm.lora
+    to_save = list(lc.modules_to_save)
+    emb_names, tied = embedding_modules(lm)
     pc = PeftLoraConfig(
         task_type="CAUSAL_LM",
         r=lc.r,
         lora_alpha=lc.alpha,
         lora_dropout=lc.dropout,
         target_modules=list(lc.target_modules),
-        modules_to_save=list(lc.modules_to_save) or None,
+        modules_to_save=to_save or None,
+        ensure_weight_tying=bool(tied and emb_names & set(to_save)),
     )
     try:
         return get_peft_model(lm, pc)
@@ -510,9 +539,11 @@ def save_trained(model: RecExplainer, tokenizer: Any, out_dir: str | Path) -> No
     sub = out / ("adapter" if is_peft else "model")
     tmp = Path(tempfile.mkdtemp(prefix=f".{sub.name}.", dir=out))
     if is_peft:
-        # the resized embedding rows are re-created deterministically by load_base, so the
-        # adapter need not carry a copy of the whole embedding matrix
+        # the frozen base embedding (resized rows included) is re-created deterministically by
+        # load_base, so the adapter does not carry a copy of it; the *trained* copies of
+        # llm.lora.modules_to_save are part of the adapter's own state and are always saved
         model.lm.save_pretrained(tmp, save_embedding_layers=False)
+        _check_saved_modules(model.lm, tmp)
     else:
         model.lm.save_pretrained(tmp)
     if sub.exists():
@@ -522,6 +553,23 @@ def save_trained(model: RecExplainer, tokenizer: Any, out_dir: str | Path) -> No
     tmp_file = out / f".{PROJECTORS_FILE}.tmp"
     torch.save(model.projector_state(), tmp_file)
     os.replace(tmp_file, out / PROJECTORS_FILE)
+
+
+def _check_saved_modules(lm: Any, adapter_dir: Path) -> None:
+    """Every module of the adapter's modules_to_save has weights in the saved adapter."""
+    names: set[str] = set()
+    for pc in lm.peft_config.values():
+        names |= {str(n).rsplit(".", 1)[-1] for n in (pc.modules_to_save or [])}
+    if not names:
+        return
+    from safetensors import safe_open
+
+    f = adapter_dir / "adapter_model.safetensors"
+    with safe_open(str(f), framework="pt") as st:
+        keys = list(st.keys())
+    missing = sorted(n for n in names if not any(f".{n}." in k for k in keys))
+    if missing:
+        raise StageError(f"{f}: the adapter holds no weights for llm.lora.modules_to_save {missing}")
 
 
 def _load_encoder(cfg: Config, device: str, required: bool) -> RecEncoder | None:
@@ -540,17 +588,20 @@ def _load_encoder(cfg: Config, device: str, required: bool) -> RecEncoder | None
         return None
 
 
-def load_trained_lm(cfg: Config, task_type: str, merged: bool = False) -> tuple[Any, Any, dict[str, Any]]:
+def load_trained_lm(
+    cfg: Config, task_type: str, merged: bool = False, model_dir: str | Path | None = None
+) -> tuple[Any, Any, dict[str, Any]]:
     """The trained LM (peft-wrapped for LoRA), its tokenizer and the projector state.
 
     No recommender is needed, which is what src.merge uses. `merged=True` reads the
-    plain model written by src.merge (cfg.llm_dir/<task_type>/merged/).
+    plain model written by src.merge (cfg.llm_dir/<task_type>/merged/). `model_dir`
+    replaces cfg.llm_dir/<task_type>/ (e.g. a Figure 7 variant of src.ablation).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if task_type not in TASK_TYPES:
         raise ConfigError(f"task_type must be one of {', '.join(TASK_TYPES)}, got {task_type!r}")
-    out = cfg.llm_dir / task_type
+    out = Path(model_dir) if model_dir else cfg.llm_dir / task_type
     if merged:
         out = out / "merged"
     meta = read_json(out / META_FILE, what=f"trained {task_type} model (meta.json)")
@@ -565,7 +616,7 @@ def load_trained_lm(cfg: Config, task_type: str, merged: bool = False) -> tuple[
             raise StageError(f"{out}: saved tokenizer ({len(tokenizer)} tokens) does not match the base model")
         lm = PeftModel.from_pretrained(base, out / "adapter")
     else:
-        lm = AutoModelForCausalLM.from_pretrained(out / "model", dtype=_dtype(cfg.llm.torch_dtype))
+        lm = AutoModelForCausalLM.from_pretrained(out / "model", dtype=_dtype(cfg.llm.torch_dtype, str(out / "model")))
     path = out / PROJECTORS_FILE
     if not path.is_file():
         raise StageError(f"missing {path} (written by python -m src.train)")
@@ -578,12 +629,14 @@ def load_trained(
     device: str = "cpu",
     rec_encoder: RecEncoder | None = None,
     merged: bool = False,
+    model_dir: str | Path | None = None,
 ) -> tuple[RecExplainer, Any]:
     """Reload a trained model from cfg.llm_dir/<task_type>/ (or the base model for 'none').
 
     The result is in eval mode on `device`. `rec_encoder` overrides the recommender that
     is otherwise loaded with recmodel.encoder.load_rec_encoder(cfg, device). `merged`
-    loads the LoRA-merged copy written by src.merge instead of base + adapter.
+    loads the LoRA-merged copy written by src.merge instead of base + adapter; `model_dir`
+    replaces cfg.llm_dir/<task_type>/ (see :func:`load_trained_lm`).
     """
     if task_type not in LOADABLE_TASK_TYPES:
         raise ConfigError(f"task_type must be one of {', '.join(LOADABLE_TASK_TYPES)}, got {task_type!r}")
@@ -594,8 +647,9 @@ def load_trained(
         model.user_proj.zero_()
         model.item_proj.zero_()
         return model.to(device).eval(), tokenizer
-    lm, tokenizer, state = load_trained_lm(cfg, task_type, merged=merged)
+    lm, tokenizer, state = load_trained_lm(cfg, task_type, merged=merged, model_dir=model_dir)
     enc = rec_encoder if rec_encoder is not None else _load_encoder(cfg, device, required=True)
     model = RecExplainer(lm, tokenizer, enc, rec_dim=state.get("rec_dim"))
-    model.load_projector_state(state, where=str(cfg.llm_dir / task_type / PROJECTORS_FILE))
+    where = Path(model_dir) if model_dir else cfg.llm_dir / task_type
+    model.load_projector_state(state, where=str(where / PROJECTORS_FILE))
     return model.to(device).eval(), tokenizer

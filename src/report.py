@@ -127,8 +127,39 @@ def baseline_metrics_path(cfg: Config, method: str) -> Path:
 # --------------------------------------------------------------------------- rendering
 
 
+@dataclass(frozen=True)
+class Cell:
+    """A measured value with its 95% interval and the number of records it rests on."""
+
+    value: float
+    lo: float | None = None
+    hi: float | None = None
+    n: int | None = None
+
+    def __str__(self) -> str:
+        text = f"{self.value:.4f}"
+        if self.lo is not None and self.hi is not None and not (math.isnan(self.lo) or math.isnan(self.hi)):
+            text += f" [{self.lo:.3f}, {self.hi:.3f}]"
+        if self.n is not None:
+            text += f" n={self.n}"
+        return text
+
+
+def cell_of(d: dict | None, metric: str) -> Cell | None:
+    """The Cell of `metric` in a metrics dict (value, its ``ci95`` and ``n`` when present)."""
+    value = _value(d, metric)
+    if value is None:
+        return None
+    ci = (d.get("ci95") or {}).get(metric) if isinstance(d.get("ci95"), dict) else None
+    lo, hi = (float(ci[0]), float(ci[1])) if isinstance(ci, (list, tuple)) and len(ci) == 2 else (None, None)
+    n = d.get("n")
+    return Cell(value, lo, hi, int(n) if isinstance(n, (int, float)) and not isinstance(n, bool) else None)
+
+
 def fmt(value: Any) -> str:
     """A cell: numbers with 4 decimals, None as missing, strings unchanged."""
+    if isinstance(value, Cell):
+        return str(value)
     if value is None:
         return MISSING
     if isinstance(value, bool):
@@ -155,11 +186,24 @@ def render_table(rows: list[list[Any]], columns: list[str]) -> str:
 
 
 def render_csv(rows: list[list[Any]], columns: list[str]) -> str:
+    """CSV of a table; a column holding Cells gets "<col> lo", "<col> hi" and "<col> n" beside it."""
+    wide = [any(isinstance(r[i], Cell) for r in rows) for i in range(len(columns))]
+    header: list[str] = []
+    for c, w in zip(columns, wide):
+        header += [c, f"{c} lo", f"{c} hi", f"{c} n"] if w else [c]
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(columns)
+    out = csv.writer(buf, lineterminator="\n")
+    out.writerow(header)
     for r in rows:
-        w.writerow([fmt(c) for c in r])
+        line: list[str] = []
+        for c, w in zip(r, wide):
+            if not w:
+                line.append(fmt(c))
+            elif isinstance(c, Cell):
+                line += [fmt(c.value), fmt(c.lo), fmt(c.hi), "" if c.n is None else str(c.n)]
+            else:
+                line += [fmt(c), "", "", ""]
+        out.writerow(line)
     return buf.getvalue()
 
 
@@ -248,8 +292,8 @@ def table1(
                 else:
                     path = eval_metrics_path(cfg, m.key, col.mode, split)
                     d = _read_optional(path)
-                value = _value(d, col.metric)
-                cvalue = _value(d.get("constrained"), col.metric) if isinstance(d, dict) and isinstance(
+                value = cell_of(d, col.metric)
+                cvalue = cell_of(d.get("constrained"), col.metric) if isinstance(d, dict) and isinstance(
                     d.get("constrained"), dict) else None
             except StageError as e:
                 raise StageError(f"{path}: {e}") from None
@@ -274,7 +318,8 @@ def table1(
 def report_table1(cfg: Config, split: str = "valid") -> str:
     remarks: list[str] = []
     rows, columns, commands = table1(cfg, split, remarks)
-    notes = [f'"{NA}": the method cannot do that task; "{MISSING}": not run yet.'] + remarks
+    notes = [f'"{NA}": the method cannot do that task; "{MISSING}": not run yet. '
+             "Cells: value [95% interval] n=records (Wilson for 0/1 scores, Student-t for graded ones)."] + remarks
     if commands:
         notes += ["", "Commands that produce the missing cells:", ""] + [f"    {c}" for c in commands]
     title = (f"Table 1. Alignment to the target recommender ({cfg.dataset.name}; "
@@ -302,6 +347,72 @@ def other_tables(cfg: Config) -> str:
     return "\n".join(out)
 
 
+#: the learning-curve panels: (mode, metric, axis label)
+CURVE_PANELS = (("uid2next", "hr@5", "Task 1 HR@5"), ("uidiid2binary", "acc", "Task 3 ACC"))
+CURVE_METHODS = ("behaviour", "intention", "both")
+
+
+def alignment_curve(cfg: Config) -> Path | None:
+    """tables/alignment_curve.{csv,png} from the probe rows of each trained variant.
+
+    Reference lines: the unaligned LLM and KD-SASRec on the same metric (their Table 1
+    values, on the full evaluation sample rather than the probe sample). None when no
+    variant was trained with train.probe_points.
+    """
+    from src.probe import PROBE_FILE
+    from src.utils import read_jsonl
+
+    curves = {m: read_jsonl(cfg.llm_dir / m / PROBE_FILE) for m in CURVE_METHODS
+              if (cfg.llm_dir / m / PROBE_FILE).is_file()}
+    curves = {m: rows for m, rows in curves.items() if rows}
+    if not curves:
+        return None
+    columns = ["Method", "step", "tokens"] + [f"{label}" for _, _, label in CURVE_PANELS]
+    rows: list[list[Any]] = []
+    for m, probe in curves.items():
+        for r in sorted(probe, key=lambda r: r["step"]):
+            rows.append([method_label(m, cfg), r["step"], r["tokens"],
+                         *[cell_of(r.get(mode), metric) for mode, metric, _ in CURVE_PANELS]])
+    write_text(cfg.tables_dir / "alignment_curve.csv", render_csv(rows, columns))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    refs = {
+        base_model_name(cfg): lambda mode: _read_optional(eval_metrics_path(cfg, "none", mode)),
+        "KD-SASRec": lambda mode: (_read_optional(baseline_metrics_path(cfg, "kd_sasrec")) or {}).get(mode),
+    }
+    fig, axes = plt.subplots(1, len(CURVE_PANELS), figsize=(5 * len(CURVE_PANELS), 3.6))
+    for ax, (mode, metric, label) in zip(axes, CURVE_PANELS):
+        for m, probe in curves.items():
+            pts = sorted((r["tokens"], r[mode][metric]) for r in probe if isinstance(r.get(mode), dict))
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method_label(m, cfg))
+        for (name, get), style in zip(refs.items(), ("--", ":")):
+            v = _value(get(mode), metric)
+            if v is not None:
+                ax.axhline(v, linestyle=style, color="grey", label=name)
+        ax.set_xlabel("training tokens")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    n = {mode: next((r[mode].get("n") for p in curves.values() for r in p if isinstance(r.get(mode), dict)), "?")
+         for mode, _, _ in CURVE_PANELS}
+    fig.suptitle(f"Alignment during training ({cfg.dataset.name}; probe n = "
+                 + ", ".join(f"{label.split()[0]} {label.split()[1]}: {n[mode]}" for mode, _, label in CURVE_PANELS) + ")",
+                 fontsize=9)
+    fig.tight_layout()
+    out = cfg.tables_dir / "alignment_curve.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(out)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
@@ -312,6 +423,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
         md = report_table1(cfg, args.split)
         print(md)
+        curve = alignment_curve(cfg)
+        if curve is not None:
+            print(f"Alignment learning curve: {curve}\n")
         print(other_tables(cfg))
         log.info("wrote %s", cfg.tables_dir)
 

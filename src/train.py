@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from src.config import Config, ConfigError, add_config_args, config_from_args
-from src.data import TaskCollator, TaskDataset, load_task_records, subsample
+from src.data import TaskCollator, TaskDataset, filter_task_types, load_task_records, mix_tasks, subsample
 from src.model import (
     META_FILE,
     PROJECTORS_FILE,
@@ -48,9 +48,14 @@ def _trainer_classes() -> tuple[type, type]:
     class RecTrainer(Trainer):
         """Trainer whose checkpoints hold only what trains (adapter/weights + projectors).
 
+        ``projector_lr`` (set after construction; 0 = the Trainer's lr) gives the
+        projectors their own learning rate (ignored under a DeepSpeed optimizer).
+
         WHY: the wrapper is not a PreTrainedModel, so the stock Trainer would write the
         whole base model (13 GB for Vicuna-7B) into every checkpoint.
         """
+
+        projector_lr: float = 0.0
 
         def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
             output_dir = output_dir or self.args.output_dir
@@ -60,6 +65,23 @@ def _trainer_classes() -> tuple[type, type]:
             os.makedirs(output_dir, exist_ok=True)
             save_trained(model, self.processing_class, output_dir)
             torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+        def create_optimizer(self, model: Any = None) -> Any:
+            """The stock optimizer, with the projectors in their own group at train.projector_lr."""
+            proj_lr = self.projector_lr
+            if self.optimizer is not None or not proj_lr or self.is_deepspeed_enabled:
+                return super().create_optimizer(model)
+            opt_model = self.model if model is None else model
+            proj, rest = [], []
+            for name, p in opt_model.named_parameters():
+                if p.requires_grad:
+                    (proj if name.startswith(("user_proj.", "item_proj.")) else rest).append(p)
+            groups = [g for g in ({"params": rest, "lr": self.args.learning_rate, "weight_decay": self.args.weight_decay},
+                                  {"params": proj, "lr": proj_lr, "weight_decay": self.args.weight_decay}) if g["params"]]
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            optimizer_kwargs.pop("lr", None)
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+            return self.optimizer
 
         def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
             load_checkpoint_weights(model or self.model, Path(resume_from_checkpoint))
@@ -168,15 +190,18 @@ def train(
     max_steps: int | None = None,
     callbacks: list[Any] | None = None,
     zero_projectors: bool = False,
+    out_dir: str | Path | None = None,
 ) -> Path:
     """Train one task_type; returns the output directory. Skips if already done.
 
     `zero_projectors` is the "injection off" ablation: both projectors output exactly
     zero and stay frozen, so the LLM gets no information from the recommender vectors.
+    `out_dir` replaces the default cfg.llm_dir/<task_type>/ (the Figure 7 variants of
+    src.ablation); ``train.exclude_tasks`` drops record types from both files first.
     """
     if task_type not in TASK_TYPES:
         raise ConfigError(f"--task_type must be one of {', '.join(TASK_TYPES)}, got {task_type!r}")
-    out = cfg.llm_dir / task_type
+    out = Path(out_dir) if out_dir else cfg.llm_dir / task_type
     meta_path = out / META_FILE
     if meta_path.is_file() and read_json(meta_path).get("done") and not force:
         log.info("%s already trained (%s); use --force to redo", task_type, meta_path)
@@ -191,10 +216,13 @@ def train(
 
     train_path = cfg.tasks_dir / f"{task_type}_train.json"
     valid_path = cfg.tasks_dir / f"{task_type}_valid.json"
-    train_recs = subsample(load_task_records(train_path), cfg.train.max_train_samples, cfg.train.seed)
+    exclude = cfg.train.exclude_tasks
+    all_train = filter_task_types(load_task_records(train_path), exclude, train_path)
+    train_recs = mix_tasks(all_train, cfg.train.task_mix, cfg.train.max_train_samples, cfg.train.seed, train_path)
     valid_recs = []
     if valid_path.is_file():
-        valid_recs = subsample(load_task_records(valid_path), cfg.train.max_eval_samples, cfg.train.seed)
+        valid_recs = filter_task_types(load_task_records(valid_path), exclude, valid_path, strict=False)
+        valid_recs = subsample(valid_recs, cfg.train.max_eval_samples, cfg.train.seed)
     else:
         log.warning("no %s; training without evaluation", valid_path)
 
@@ -203,6 +231,10 @@ def train(
     if zero_projectors:
         for proj in (model.user_proj, model.item_proj):
             proj.zero_().requires_grad_(False)
+    elif cfg.train.prealign_steps > 0:
+        from src.prealign import prealign_projectors
+
+        prealign_projectors(model, tokenizer, cfg, all_train)  # pairs are free: every record, not the sample
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("%s: %d trainable parameters (LoRA=%s)", task_type, n_train, cfg.llm.lora.enabled)
     train_ds = TaskDataset(train_recs, tokenizer, cfg, desc=f"{task_type}_train")
@@ -224,6 +256,16 @@ def train(
         processing_class=tokenizer,
         callbacks=[JsonlLogCallback(log_path), *(callbacks or [])],
     )
+    trainer.projector_lr = cfg.train.projector_lr
+    if cfg.train.probe_points > 0:
+        from src.probe import probe_callback, probe_records
+
+        probe_pool = load_task_records(valid_path) if valid_path.is_file() else []
+        probes = probe_records(cfg, probe_pool)
+        if probes:
+            trainer.add_callback(probe_callback(cfg, tokenizer, probes, out))
+        else:
+            log.warning("train.probe_points is set but %s has none of the probed modes", valid_path)
     resume = _last_checkpoint(ckpt_dir)
     tokens_before = 0
     if resume:
@@ -248,7 +290,10 @@ def train(
             "task_type": task_type,
             "base_model": cfg.llm.base_model,
             "lora": bool(cfg.llm.lora.enabled),
+            "modules_to_save": list(cfg.llm.lora.modules_to_save) if cfg.llm.lora.enabled else [],
             "chat_format": cfg.llm.chat_format,
+            "exclude_tasks": list(exclude),
+            "task_counts": _type_counts(train_recs),  # what it trained on, per record type
             "n_train": len(train_ds),
             "n_eval": len(eval_ds) if eval_ds is not None else 0,
             "n_truncated": train_ds.n_truncated + (eval_ds.n_truncated if eval_ds else 0),
@@ -273,6 +318,13 @@ def train(
             meta["tokens_per_s"] or math.nan, out,
         )
     return out
+
+
+def _type_counts(records: list[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[str(r.get("type"))] = counts.get(str(r.get("type")), 0) + 1
+    return counts
 
 
 def _read_log(path: Path) -> list[dict]:

@@ -70,9 +70,10 @@ def test_base_inheritance(tmp_path: Path) -> None:
     assert cfg.seed == 1 and cfg.dataset.kcore == 7 and cfg.recmodel.hidden_size == 32  # inherited
     assert cfg.dataset.name == "c" and cfg.recmodel.epochs == 3  # overridden / added
     assert cfg.root.name == "c" and cfg.source_file == str(child)
-    # the real chain: tiny.yaml inherits ml100k.yaml's llm section but not its dataset name
+    # the real chain: tiny.yaml = paper.yaml's LoRA, cpu.yaml's dtype, its own dataset name
     tiny = load_config("configs/tiny.yaml")
-    assert tiny.llm.lora.r == load_config("configs/ml100k.yaml").llm.lora.r and tiny.dataset.name == "tiny"
+    assert tiny.llm.lora.r == load_config("configs/paper.yaml").llm.lora.r and tiny.dataset.name == "tiny"
+    assert tiny.llm.torch_dtype == load_config("configs/cpu.yaml").llm.torch_dtype == "float32"
 
 
 def test_base_errors(tmp_path: Path) -> None:

@@ -76,8 +76,13 @@ def test_sharegpt_in_every_form(tmp_path):
         split = "train" if name.endswith("train") else "valid"
         assert [r["source_id"] for r in recs] == (train_ids if split == "train" else valid_ids)
         for r in recs:
-            assert r["question"] == r["conversations"][0]["value"] and r["answer"] == r["conversations"][1]["value"]
+            msgs = r["messages"]  # data_gen.sharegpt_multi_turn (default): the whole conversation
+            assert r["question"] == msgs[0]["content"] and r["answer"] == msgs[1]["content"]
+            assert [m["role"] for m in msgs] == ["user", "assistant"] * (len(msgs) // 2)
+            assert "conversations" not in r  # one copy of the turns, not two
             assert "<user>" not in r["question"] and r["iids_in_question"] == []
+    good2 = next(r for r in files["behaviour_train"] + files["behaviour_valid"] if r["source_id"] == "good2")
+    assert [m["content"] for m in good2["messages"]] == ["Name a color.", "Blue.", "Another?", "Red."]
     assert stats["table_b2"]["both_train"]["Task 5"] == 3
     assert any("only 4 usable" in n for n in stats["notes"])
     # seeded sample: the same seed picks the same conversations
@@ -99,3 +104,34 @@ def test_configured_but_missing_file_is_an_error(tmp_path):
     with pytest.raises(StageError, match="ShareGPT file not found"):
         run(tiny_config(tmp_path, "data_gen.sharegpt_file=missing.json"))
     assert not (tmp_path / "tasks").exists()
+
+
+def test_first_turn_only_mode_and_marker_strings(tmp_path):
+    """data_gen.sharegpt_multi_turn=false keeps the first-turn records; literal <user>/<item>
+    strings (e.g. RSS tags) in trained turns drop the conversation in either mode."""
+    data = sharegpt_fixture() + [
+        {"id": "rss_first", "conversations": [{"from": "human", "value": "Parse <item>x</item>"},
+                                              {"from": "gpt", "value": "ok"}]},
+        {"id": "rss_later", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"},
+                                              {"from": "human", "value": "RSS?"}, {"from": "gpt", "value": "<item>"}]},
+    ]
+    path = tmp_path / "sg.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    first, d1 = load_sharegpt(path, max_chars=100)
+    multi, d2 = load_sharegpt(path, max_chars=100, multi_turn=True)
+    assert {c["source_id"] for c in first} == GOOD | {"rss_later"}  # its first pair is clean
+    assert {c["source_id"] for c in multi} == GOOD
+    assert d1["contains a <user>/<item> marker string"] == 1 and d2["contains a <user>/<item> marker string"] == 2
+
+    build_root(tmp_path)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "sg.json").write_text(json.dumps(sharegpt_fixture()), encoding="utf-8")
+    cfg = tiny_config(tmp_path, "data_gen.sharegpt_file=sg.json", "data_gen.sharegpt_train=3",
+                      "data_gen.sharegpt_valid=5", "data_gen.sharegpt_max_chars=100",
+                      "data_gen.sharegpt_multi_turn=false")
+    run(cfg)
+    recs = [r for r in json.loads((tmp_path / "tasks" / "both_train.json").read_text()) if r["type"] == "sharegpt"]
+    assert recs and all("messages" not in r for r in recs)
+    for r in recs:
+        assert r["question"] == r["conversations"][0]["value"] and r["answer"] == r["conversations"][1]["value"]

@@ -137,3 +137,37 @@ def test_base_llm_generates_greedy_and_resumes(tmp_path):
     infer_explan.run(cfg, "none", "valid")
     again = {r["id"]: r["explanation"] for r in read_jsonl(path)}
     assert again == full
+
+
+def test_min_new_tokens_keeps_explanations_from_ending_early(tmp_path, monkeypatch):
+    """explain.min_new_tokens (the original: at least 150 of at most 500) holds the end token back."""
+    import torch
+
+    from src import generation
+    from src.config import ConfigError
+    from src.model import load_trained
+
+    new_tokens = []
+    real = generation._run_generate
+
+    def spy(model, batch, **kw):
+        out = real(model, batch, **kw)
+        new_tokens.append(out.shape[1] - batch["input_ids"].shape[1])
+        return out
+
+    monkeypatch.setattr(generation, "_run_generate", spy)
+    cfg0 = tiny_cfg(tmp_path / "m", "explain.max_new_tokens=6")
+    make_fixture(cfg0)
+    model, tok = load_trained(cfg0, "none")
+    with torch.no_grad():  # tied head: the end token now wins every step
+        model.lm.get_input_embeddings().weight[tok.eos_token_id] *= 200
+    for n_min in (0, 4):
+        cfg = tiny_cfg(tmp_path / str(n_min), "explain.max_new_tokens=6", f"explain.min_new_tokens={n_min}",
+                       "explain.max_samples=4", "explain.batch_size=4")
+        make_fixture(cfg)
+        infer_explan.run(cfg, "none", "valid", model_and_tokenizer=(model, tok))
+    assert new_tokens == [1, 5]  # stops at once; with the minimum: 4 held back, then the end token
+    bad = tiny_cfg(tmp_path / "bad", "explain.max_new_tokens=6", "explain.min_new_tokens=7")
+    make_fixture(bad)
+    with pytest.raises(ConfigError, match="min_new_tokens"):
+        infer_explan.run(bad, "none", "valid", model_and_tokenizer=(model, tok))

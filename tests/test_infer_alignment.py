@@ -27,7 +27,7 @@ def test_uid2next_writes_rows_and_metrics_with_constrained_beside(tmp_path, load
     assert all(g in TITLES for r in crows for g in r["generations"])
     on_disk = json.loads(paths["metrics"].read_text())
     assert on_disk["hr@5"] == m["hr@5"] and "ndcg@5" in on_disk
-    assert set(on_disk["constrained"]) == {"hr@5", "ndcg@5", "n"}
+    assert set(on_disk["constrained"]) == {"hr@5", "ndcg@5", "n", "ci95"}
     # the recorded metrics are exactly src.metrics applied to the rows on disk
     from src.metrics import compute_metrics
     assert compute_metrics("uid2next", crows)["hr@5"] == pytest.approx(on_disk["constrained"]["hr@5"])
@@ -118,6 +118,60 @@ def test_gpt4_icl_through_the_api_client(tmp_path, monkeypatch):
     assert m["method"] == "gpt4_icl" and m["acc"] == pytest.approx(0.5)  # half the labels are Yes
 
 
+def test_gpt4_icl_uid2next_asks_for_5_ranked_titles_and_scores_the_list(tmp_path, monkeypatch):
+    """Paper 3.1.1: HR@5 / NDCG@5 of GPT4-ICL on task 1 need a ranked list of 5, not one guess."""
+    import dataclasses
+    import math
+
+    clear_api_env(monkeypatch)
+    cfg = setup_eval_root(tmp_path)
+    recs = load_eval_records(cfg, "gpt4", "uid2next", "valid")
+    answer_of = {r["question"]: r["answer"] for r in recs}
+    fillers = [t for t in TITLES if t not in answer_of.values()][:5]
+    # record j: the target at rank j % 6 (rank 5 = not listed), in a different list format each time
+    formats = [
+        lambda ts: "Here are my guesses:\n" + "\n".join(f"{i}. {t}" for i, t in enumerate(ts, 1)),
+        lambda ts: "; ".join(ts),
+        lambda ts: "\n".join(f"- **{t}**" for t in ts),
+        lambda ts: " ".join(f"{i}) {t}" for i, t in enumerate(ts, 1)),
+    ]
+
+    def reply(body, idx):
+        question = body["messages"][-1]["content"]
+        target = next(a for q, a in answer_of.items() if question.startswith(q))
+        j = sorted(answer_of).index(next(q for q in answer_of if question.startswith(q)))
+        ts = list(fillers[:5])
+        if j % 6 < 5:
+            ts[j % 6] = target.upper() if j % 2 else target  # exact match after strip + lower case
+        return 200, formats[j % len(formats)](ts)
+
+    with FakeOpenAI(reply) as srv:
+        monkeypatch.setenv("OPENAI_API_BASE", srv.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+        monkeypatch.setenv("ENGINE", "gpt-4")
+        m = evaluate(cfg, "gpt4", "uid2next", icl=True)
+        msgs = srv.requests[0]["messages"]
+        instr = "Answer with the 5 most likely item titles, most likely first"
+        assert [x["role"] for x in msgs] == ["user", "assistant"] * 2 + ["user"]
+        assert instr in msgs[-1]["content"] and not any(instr in x["content"] for x in msgs[:-1])
+        ranks = [sorted(answer_of).index(q) % 6 for q in answer_of]
+        hr = sum(r < 5 for r in ranks) / len(ranks)
+        ndcg = sum(1 / math.log2(r + 2) for r in ranks if r < 5) / len(ranks)
+        assert m["n"] == 12 and m["hr@5"] == pytest.approx(hr) and m["ndcg@5"] == pytest.approx(ndcg)
+        assert m["ndcg@5"] < m["hr@5"]  # a ranked list, not one guess
+        rows = read_jsonl(output_paths(cfg, "gpt4_icl", "uid2next", "valid")["rows"])
+        assert all(len(r["generations"]) == 5 and r["api_k"] == 5 for r in rows)
+        assert m["settings"]["api_uid2next_k"] == 5
+        # the old one-guess protocol is a key away; its rows and metrics are not mixed with these
+        n_before = len(srv.requests)
+        one_guess = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, api_uid2next_k=1))
+        one = evaluate(one_guess, "gpt4", "uid2next", icl=True)
+        assert len(srv.requests) == n_before + 12
+        assert instr not in srv.requests[-1]["messages"][-1]["content"]
+        assert one["hr@5"] == pytest.approx(sum(r == 0 for r in ranks) / len(ranks))
+        assert one["settings"]["api_uid2next_k"] == 1
+
+
 def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
     cfg = setup_eval_root(tmp_path)
     base = ["--config", "configs/tiny.yaml", "--set", f"paths.root={cfg.root}"]
@@ -137,8 +191,13 @@ def test_sample_caps_per_mode(tmp_path):
     assert len(load_eval_records(cfg, "intention", "uid2next", "valid")) == 2
     assert len(load_eval_records(cfg, "intention", "uidiid2rank", "valid")) == 5
     assert len(load_eval_records(cfg, "intention", "uid2hist", "valid")) == 12  # 0 = all
-    assert [r["id"] for r in load_eval_records(cfg, "intention", "uid2next", "valid")] == \
-        ["valid-emb-next-1", "valid-emb-next-2"]  # the first records, in file order
+    ids = [r["id"] for r in load_eval_records(cfg, "intention", "uid2next", "valid")]
+    # a seeded random draw (stable across calls, in file order), not the first records
+    assert ids == [r["id"] for r in load_eval_records(cfg, "intention", "uid2next", "valid")]
+    assert ids == sorted(ids, key=lambda i: int(i.rsplit("-", 1)[1]))
+    other = setup_eval_root(tmp_path / "seed", "eval.max_samples_per_mode={uid2next: 2}", "eval.sample_seed=7")
+    draws = {tuple(r["id"] for r in load_eval_records(c, "intention", "uid2next", "valid")) for c in (cfg, other)}
+    assert len(draws) == 2  # another sample_seed draws another sample
     bad = setup_eval_root(tmp_path / "bad", "eval.max_samples_per_mode={uid2nxt: 2}")
     with pytest.raises(ia.ConfigError, match="uid2nxt"):
         load_eval_records(bad, "intention", "uid2next", "valid")

@@ -148,3 +148,76 @@ def test_subsample_is_seeded_and_ordered():
     a, b = subsample(recs, 10, 1), subsample(recs, 10, 1)
     assert a == b and len(a) == 10 and [r["i"] for r in a] == sorted(r["i"] for r in a)
     assert subsample(recs, 0, 1) is recs
+
+
+def _spans(labels: list[int]) -> list[tuple[int, int]]:
+    """[start, end) of each run of labelled positions."""
+    out, start = [], None
+    for i, t in enumerate(labels + [-100]):
+        if t != -100 and start is None:
+            start = i
+        elif t == -100 and start is not None:
+            out.append((start, i))
+            start = None
+    return out
+
+
+CONV = [
+    {"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue is a colour"},
+    {"role": "user", "content": "Another one?"}, {"role": "assistant", "content": "Red"},
+    {"role": "user", "content": "And a third?"}, {"role": "assistant", "content": "Green, like grass"},
+]
+
+
+@pytest.mark.parametrize("fmt", ["auto", "vicuna"])
+def test_conversation_labels_every_assistant_turn(base, fmt):
+    """Task 5 multi-turn (the original): loss on each assistant turn and its end token only."""
+    from src.chat import encode_conversation
+
+    cfg, tok = base
+    cfg.llm.chat_format = fmt
+    try:
+        ex = encode_conversation(tok, CONV, cfg)
+        assert not ex.truncated and ex.turns_kept == ex.turns_total == 3
+        spans = _spans(ex.labels)
+        assert len(spans) == 3
+        for (a, b), m in zip(spans, CONV[1::2]):
+            assert ex.labels[a:b] == ex.input_ids[a:b] and ex.labels[b - 1] == tok.eos_token_id
+            assert tok.decode(ex.labels[a:b - 1]).strip() == m["content"]
+        # the user turns are in the unlabelled part, in order
+        text = tok.decode(ex.input_ids)
+        assert text.index("Name a colour.") < text.index("Another one?") < text.index("And a third?")
+        # the first turn is encoded exactly as the single-turn path (and the inference prompt)
+        one = encode_example(tok, CONV[0]["content"], CONV[1]["content"], cfg)
+        assert ex.input_ids[: len(one.input_ids)] == one.input_ids and ex.labels[: len(one.labels)] == one.labels
+        assert encode_conversation(tok, CONV[:2], cfg).input_ids == one.input_ids
+        if fmt == "auto":  # the whole conversation as the tokenizer's chat template renders it
+            assert tok.decode(ex.input_ids, skip_special_tokens=False).replace("<s>", "") == \
+                tok.apply_chat_template(CONV, tokenize=False).replace("<s>", "").rstrip("\n")
+        # within max_length: whole pairs from the start; a too-long first pair is the single-turn path
+        two = _spans(encode_conversation(tok, CONV, cfg).labels)[1][1]
+        cut = encode_conversation(tok, CONV, cfg, max_length=two + 2)
+        assert cut.truncated and cut.turns_kept == 2 and len(_spans(cut.labels)) == 2
+        assert cut.input_ids == ex.input_ids[:two] and len(cut.input_ids) <= two + 2
+        short = encode_conversation(tok, CONV, cfg, max_length=len(one.input_ids) - 2)
+        assert short.turns_kept == 1 and short.truncated and len(short.input_ids) <= len(one.input_ids) - 2
+    finally:
+        cfg.llm.chat_format = "auto"
+
+
+def test_dataset_encodes_messages_records_and_checks_them(base):
+    cfg, tok = base
+    rec = {"id": "sharegpt-train-000000", "type": "sharegpt", "history": [], "iids_in_question": [],
+           "question": CONV[0]["content"], "answer": CONV[1]["content"], "messages": CONV}
+    first_only = {k: v for k, v in rec.items() if k != "messages"}
+    cfg.llm.max_length = 60
+    try:
+        ds = TaskDataset([rec, first_only], tok, cfg)
+    finally:
+        cfg.llm.max_length = 256
+    assert len(_spans(ds.rows[0]["labels"])) >= 2 and len(_spans(ds.rows[1]["labels"])) == 1
+    assert len(ds.rows[0]["input_ids"]) <= 60
+    assert ds.n_turns_cut == int(len(_spans(ds.rows[0]["labels"])) < 3)
+    bad = dict(rec, messages=[CONV[0], CONV[0]])
+    with pytest.raises(StageError, match="sharegpt-train-000000.*strictly alternating"):
+        TaskDataset([bad], tok, cfg)

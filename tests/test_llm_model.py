@@ -200,3 +200,84 @@ def test_activation_checkpointing_keeps_lora_gradients(setup):
     assert grads[1] and all(g.abs().sum() > 0 for g in grads[1].values())
     for n in grads[0]:
         torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=1e-6)
+
+
+def test_modules_to_save_train_save_reload_resume_merge(tmp_path):
+    """llm.lora.modules_to_save=[embed_tokens, lm_head] (the original v1): the copies train,
+    the new marker rows learn, and save / reload / checkpoint restore / merge keep them."""
+    from safetensors import safe_open
+
+    from src.train import load_checkpoint_weights
+
+    cfg = tiny_cfg(tmp_path, "llm.lora.modules_to_save=[embed_tokens,lm_head]")
+    enc = FakeEncoder()
+    model, tok = build_model(cfg, enc)
+    lm = model.causal_lm()
+    user_id, item_id = marker_ids(tok)
+    emb = lm.get_input_embeddings()
+    trained, frozen = emb.modules_to_save["default"].weight, emb.original_module.weight
+    # the tiny LLaMA ties its embeddings: ONE trained matrix is both embedding and LM head
+    assert trained is lm.get_output_embeddings().modules_to_save["default"].weight
+    assert trained.requires_grad and not frozen.requires_grad
+    start = trained.detach().clone()
+    recs = mixed_records(6, 2)
+    batch = _train_batch(cfg, tok, recs)
+    assert (batch["input_ids"] == item_id).any() and (batch["input_ids"] == user_id).any()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    model(**batch).loss.backward()
+    assert trained.grad[user_id].abs().sum() > 0 and trained.grad[item_id].abs().sum() > 0
+    opt.step()
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    for tid in (user_id, item_id):
+        assert not torch.allclose(trained[tid], start[tid])  # the new rows learn
+    assert torch.equal(frozen, start)  # the base copy is untouched
+
+    out = cfg.llm_dir / "both"
+    save_trained(model, tok, out)
+    write_json(out / META_FILE, {"done": True, "lora": True, "task_type": "both"})
+    with safe_open(str(out / "adapter" / "adapter_model.safetensors"), framework="pt") as st:
+        saved = {k: st.get_tensor(k) for k in st.keys() if "lora_" not in k}
+    emb_key = next(k for k in saved if "embed_tokens" in k)
+    assert torch.equal(saved[emb_key][user_id], trained[user_id].detach())  # the adapter carries them
+    b = collate_for_generation(tok, recs, cfg)
+    with torch.no_grad():
+        ref = model(**b).logits
+        loaded, _ = load_trained(cfg, "both", rec_encoder=enc)
+        assert torch.equal(loaded(**b).logits, ref)
+        c = loaded.causal_lm()
+        assert c.get_input_embeddings().modules_to_save["default"].weight is \
+            c.get_output_embeddings().modules_to_save["default"].weight  # still tied after reload
+        # a checkpoint (same layout) restores into a fresh model: what a resumed run starts from
+        fresh, _ = build_model(cfg, enc)
+        load_checkpoint_weights(fresh, out)
+        fresh.eval()
+        assert torch.equal(fresh(**b).logits, ref)
+        merged_dir = merge(cfg, "both")
+        merged, _ = load_trained(cfg, "both", rec_encoder=enc, merged=True)
+        assert not hasattr(merged.lm, "peft_config")
+        w = merged.lm.get_input_embeddings().weight
+        assert w is merged.lm.get_output_embeddings().weight  # a valid tied checkpoint
+        torch.testing.assert_close(w[user_id], trained[user_id].detach())
+        torch.testing.assert_close(merged(**b).logits, ref, rtol=1e-4, atol=1e-4)
+    assert (merged_dir / "model" / "config.json").is_file()
+
+
+def test_modules_to_save_on_an_untied_lm_trains_two_copies(tmp_path):
+    """Vicuna does not tie its embeddings: embedding and head then get separate trained copies."""
+    from torch import nn
+
+    from src.model import apply_lora, embedding_modules, load_base
+
+    cfg = tiny_cfg(tmp_path, "llm.lora.modules_to_save=[embed_tokens,lm_head]")
+    lm, tok = load_base(cfg)
+    lm.lm_head.weight = nn.Parameter(lm.lm_head.weight.detach().clone())
+    lm.config.tie_word_embeddings = False
+    assert embedding_modules(lm) == ({"embed_tokens", "lm_head"}, False)
+    peft_lm = apply_lora(lm, cfg)
+    c = peft_lm.get_base_model()
+    e = c.get_input_embeddings().modules_to_save["default"].weight
+    h = c.get_output_embeddings().modules_to_save["default"].weight
+    assert e is not h and e.requires_grad and h.requires_grad
+    assert not peft_lm.peft_config["default"].ensure_weight_tying

@@ -100,3 +100,40 @@ def test_skip_when_done_force_redo_and_cli_errors(tmp_path, caplog):
     # a missing task file is one clear message and exit code 2
     assert main(["--config", "configs/tiny.yaml", "--set", f"paths.root={tmp_path}/none", "--task_type", "intention"]) == 2
     assert "intention_train.json" in caplog.text and "data_gen" in caplog.text
+
+
+def test_modules_to_save_trains_and_resumes_from_a_checkpoint(tmp_path):
+    """embed_tokens/lm_head copies (the original v1) through the Trainer: a killed run resumes
+    from its checkpoint with the trained rows and optimizer, and ends where a full run ends."""
+    from src.chat import marker_ids
+    from src.model import load_base
+
+    over = ["llm.lora.modules_to_save=[embed_tokens,lm_head]", "train.per_device_batch_size=4",
+            "train.logging_steps=1", "train.save_steps=2", "train.eval_steps=100", "train.lr=0.01",
+            "train.max_train_samples=24", "train.max_eval_samples=4"]
+    enc = FakeEncoder()
+    recs = mixed_records(30, 0)
+    full_cfg = tiny_cfg(tmp_path / "full", *over)
+    write_tasks(full_cfg, "both", recs, mixed_records(8, 1))
+    full_out = train(full_cfg, "both", rec_encoder=enc, max_steps=4)
+    full = _losses(full_out)
+
+    cfg = tiny_cfg(tmp_path / "killed", *over)
+    write_tasks(cfg, "both", recs, mixed_records(8, 1))
+    out = train(cfg, "both", rec_encoder=enc, max_steps=4, callbacks=[_StopAt(2)])
+    (out / "meta.json").unlink()
+    train(cfg, "both", rec_encoder=enc, max_steps=4)
+    meta = read_json(out / "meta.json")
+    assert meta["resumed_from"].endswith("checkpoint-2") and meta["modules_to_save"] == ["embed_tokens", "lm_head"]
+    resumed = _losses(out)
+    for step in (3, 4):
+        assert resumed[step] == pytest.approx(full[step], rel=1e-4), step
+
+    base, tok = load_base(cfg)
+    model, _ = load_trained(cfg, "both", rec_encoder=enc)
+    ref, _ = load_trained(full_cfg, "both", rec_encoder=enc)
+    emb = model.causal_lm().get_input_embeddings().modules_to_save["default"].weight
+    ref_emb = ref.causal_lm().get_input_embeddings().modules_to_save["default"].weight
+    torch.testing.assert_close(emb, ref_emb, rtol=1e-4, atol=1e-5)
+    for tid in marker_ids(tok):  # the new <user>/<item> rows moved away from their initial values
+        assert not torch.allclose(emb[tid], base.get_input_embeddings().weight[tid])

@@ -115,3 +115,46 @@ def test_compute_metrics_averages_rows():
     assert m["hr@5"] == 0.0
     with pytest.raises(ValueError, match="unknown inference mode"):
         compute_metrics("bogus", rows)
+
+
+def test_ci95_wilson_for_hits_and_student_t_for_graded_scores():
+    import math
+
+    from src.metrics import ci95, compute_metrics
+
+    # Wilson, 20 hits of 100: the textbook interval is [0.1333, 0.2888]
+    lo, hi = ci95([1.0] * 20 + [0.0] * 80)
+    assert lo == pytest.approx(0.1333, abs=1e-4) and hi == pytest.approx(0.2888, abs=1e-4)
+    # no hits at all still gives an upper bound above 0 (Wilson: 3.84 / (n + 3.84))
+    lo, hi = ci95([0.0] * 50)
+    assert lo == pytest.approx(0.0, abs=1e-12) and hi == pytest.approx(3.8415 / 53.8415, abs=1e-4)
+    # graded: mean 0.5, sd 0.5345 (n=8), t(0.975, 7) = 2.3646 -> half width 0.4469
+    lo, hi = ci95([0, 1, 0.5, 0.5, 0, 1, 0.5, 0.5])
+    assert (lo + hi) / 2 == pytest.approx(0.5) and hi - 0.5 == pytest.approx(2.3646 * 0.37796 / math.sqrt(8), abs=1e-3)
+    assert all(math.isnan(v) for v in ci95([1.0]))
+    rows = [{"answer": "Yes", "pred": "Yes"}] * 3 + [{"answer": "Yes", "pred": "No"}]
+    m = compute_metrics("uidiid2binary", rows)
+    assert m["acc"] == 0.75 and m["n"] == 4 and len(m["ci95"]["acc"]) == 2
+
+
+def test_parse_ranked_titles_reads_the_list_shapes_of_chat_models():
+    from src.metrics import parse_ranked_titles as parse
+
+    want = ["Toy Story (1995)", "12 Monkeys (1995)", "2001: A Space Odyssey (1968)"]
+    shapes = [
+        "1. Toy Story (1995)\n2. 12 Monkeys (1995)\n3. 2001: A Space Odyssey (1968)",
+        "Sure, here they are:\n\n1) **Toy Story (1995)**\n2) \"12 Monkeys (1995)\"\n3) 2001: A Space Odyssey (1968)\n",
+        "- Toy Story (1995)\n* 12 Monkeys (1995)\n\u2022 2001: A Space Odyssey (1968)",
+        "Toy Story (1995); 12 Monkeys (1995); 2001: A Space Odyssey (1968)",
+        "1. Toy Story (1995) 2. 12 Monkeys (1995) 3. 2001: A Space Odyssey (1968)",
+        "Toy Story (1995)\n12 Monkeys (1995)\n2001: A Space Odyssey (1968)",
+    ]
+    for text in shapes:
+        assert parse(text) == want, text
+    assert parse(shapes[0], k=2) == want[:2]
+    assert parse("12 Monkeys (1995)") == ["12 Monkeys (1995)"]  # a leading number is part of the title
+    assert parse("Mr. Holland's Opus (1995)") == ["Mr. Holland's Opus (1995)"]
+    assert parse("") == [] and parse(None) == [] and parse("  \n ") == []
+    # scored as a ranked list: the target third in the reply -> HR@5 1, NDCG@5 1/log2(4)
+    hr, ndcg = hit_ndcg_at_k(parse(shapes[1]), "2001: a space odyssey (1968) ")
+    assert hr == 1.0 and ndcg == pytest.approx(1 / L2(4))

@@ -116,7 +116,7 @@ def test_steam(tmp_path: Path) -> None:
 
 
 def test_paper_profiles_read_only_their_roles() -> None:
-    # files merge through `base:`, so games.yaml also lists ML-100K's inter/item; ignored
+    # each profile reads only the roles of its own source (dataset.files is replaced whole by a child)
     for name, roles in (("games", ["reviews", "meta"]), ("movies", ["reviews", "meta"]),
                         ("steam", ["reviews", "games"]), ("ml100k", ["inter", "item"])):
         cfg = load_config(f"configs/{name}.yaml")

@@ -92,6 +92,48 @@ def test_evaluation_masks_history_and_padding():
     assert metrics["mrr@5"] == pytest.approx(0.75)
 
 
+def test_padding_only_protocol_lets_history_compete_and_ties_favour_the_target():
+    """recmodel.eval_mask_history=False is RecBole's protocol: only item 0 is masked."""
+    m = _FixedScores(10)  # score of item i is i
+    hist = right_aligned([[10, 9], [1], [3, 7]], 5)
+    full = right_aligned([[10, 9, 2], [1], [3, 7]], 5)
+    targets = torch.tensor([8, 9, 5])
+    masked = rtrain.rank_of_targets(m, hist, full, targets)
+    plain = rtrain.rank_of_targets(m, hist, full, targets, mask_history=False)
+    # user 1: history 10, 9 out of the way (rank 0) vs both above the target (rank 2);
+    # user 2: the history item 1 scores below 9, so both protocols agree;
+    # user 3: 7 (history) beats 5 only when history is not masked
+    assert masked.tolist() == [0, 1, 4] and plain.tolist() == [2, 1, 5]
+    assert (plain >= masked).all()  # unmasking can only push a target down
+    # padding (item 0) is out of the ranking under both protocols: a model that scores
+    # padding highest does not change the ranks
+    m.item_emb.weight.data[0] = 100.0
+    assert rtrain.rank_of_targets(m, hist, full, targets, mask_history=False).tolist() == [2, 1, 5]
+    # ties count in the target's favour: items scoring exactly the target's score do not count
+    m.item_emb.weight.data[:] = 1.0
+    assert rtrain.rank_of_targets(m, hist, full, targets, mask_history=False).tolist() == [0, 0, 0]
+    assert rtrain.rank_of_targets(m, hist, full, targets).tolist() == [0, 0, 0]
+
+
+def test_fit_reports_both_protocols_and_trains_with_clipping_and_plateau(tmp_path):
+    write_canonical(tmp_path, cluster_sequences(n_users=40, per_cluster=10, length=8), 30)
+    cfg = make_cfg(tmp_path, "recmodel.epochs=4", "recmodel.patience=10", "recmodel.eval_mask_history=false",
+                   "recmodel.grad_clip=1.0", "recmodel.lr_plateau_factor=0.1", "recmodel.eval_ks=[10]")
+    res = rtrain.fit(cfg, progress=False)
+    assert res["eval_protocol"] == "padding_only"
+    by = res["test_by_protocol"]
+    assert by["padding_only"] == res["test"]
+    assert by["history_masked"]["hr@10"] >= by["padding_only"]["hr@10"]
+    # the resume signature carries the non-default keys: a changed clip is refused
+    (cfg.recmodel_dir / "model.pt").unlink()
+    with pytest.raises(StageError, match="grad_clip"):
+        rtrain.fit(make_cfg(tmp_path, "recmodel.epochs=4", "recmodel.patience=10", "recmodel.eval_mask_history=false",
+                            "recmodel.grad_clip=2.0", "recmodel.lr_plateau_factor=0.1", "recmodel.eval_ks=[10]"),
+                   progress=False)
+    with pytest.raises(ConfigError, match="lr_plateau_factor"):
+        rtrain.fit(make_cfg(tmp_path / "bad", "recmodel.lr_plateau_factor=1.5"), progress=False)
+
+
 def test_sasrec_overfits_successor_pattern_to_hr1(tmp_path):
     write_canonical(tmp_path, successor_sequences(), 30)
     cfg = make_cfg(tmp_path, "recmodel.epochs=60", "recmodel.patience=60", "recmodel.lr=0.01",

@@ -53,6 +53,27 @@ def test_prefix_history_mask_and_kd_loss_zero_for_identical_models():
     assert distillation_loss(s, t, x, 2.0).item() > 0
 
 
+def test_kd_student_is_the_teacher_size_unless_set(tmp_path):
+    from recmodel.kd import student_arch
+    from src.config import ConfigError
+
+    teacher = ["recmodel.hidden_size=48", "recmodel.num_layers=3", "recmodel.num_heads=4", "recmodel.inner_size=96"]
+    zero = ["recmodel.kd.hidden_size=0", "recmodel.kd.num_layers=0", "recmodel.kd.num_heads=0",
+            "recmodel.kd.inner_size=0"]
+    arch = student_arch(make_cfg(tmp_path, *teacher, *zero))
+    assert (arch["hidden_size"], arch["num_layers"], arch["num_heads"], arch["inner_size"]) == (48, 3, 4, 96)
+    # the dataclass default is 0 = the teacher's size (the paper profiles leave kd sizes unset)
+    from src.config import KDConfig
+    assert (KDConfig().hidden_size, KDConfig().num_layers, KDConfig().num_heads, KDConfig().inner_size) == (0, 0, 0, 0)
+    # a size that is set wins, and the rest still follow the teacher
+    arch = student_arch(make_cfg(tmp_path, *teacher, *zero, "recmodel.kd.hidden_size=16", "recmodel.kd.num_heads=2"))
+    assert (arch["hidden_size"], arch["num_layers"], arch["num_heads"], arch["inner_size"]) == (16, 3, 2, 96)
+    with pytest.raises(ConfigError, match="divisible"):
+        student_arch(make_cfg(tmp_path, *teacher, *zero, "recmodel.kd.hidden_size=18"))
+    with pytest.raises(ConfigError, match="kd.inner_size must be >= 0"):
+        student_arch(make_cfg(tmp_path, *teacher, *zero, "recmodel.kd.inner_size=-1"))
+
+
 def test_kd_student_agrees_with_teacher_better_than_random(tmp_path):
     write_canonical(tmp_path, cluster_sequences(n_users=60, per_cluster=12, length=9), 36)
     cfg = make_cfg(tmp_path, "recmodel.epochs=8", "recmodel.lr=0.01", "recmodel.kd.epochs=15",
@@ -63,8 +84,11 @@ def test_kd_student_agrees_with_teacher_better_than_random(tmp_path):
     assert set(res) == {"random", "popularity", "kd_sasrec"}
     for m in res:
         saved = read_json(cfg.recmodel_dir / "baselines" / f"{m}.metrics.json")
-        assert set(saved["uid2next"]) == {"hr@5", "ndcg@5"} and set(saved["uidiid2rank"]) == {"ndcg@5"}
-        assert set(saved["uidiid2binary"]) == {"acc"} and saved["n_rows"] == 60
+        assert set(saved["uid2next"]) == {"hr@5", "ndcg@5", "n", "ci95"}
+        assert set(saved["uidiid2rank"]) == {"ndcg@5", "n", "ci95"}
+        assert set(saved["uidiid2binary"]) == {"acc", "n", "ci95"} and saved["n_rows"] == 60
+        lo, hi = saved["uidiid2binary"]["ci95"]["acc"]
+        assert lo <= saved["uidiid2binary"]["acc"] <= hi
     kd, rnd = res["kd_sasrec"], res["random"]
     assert kd["uid2next"]["hr@5"] > rnd["uid2next"]["hr@5"] + 0.3
     assert kd["uid2next"]["ndcg@5"] > rnd["uid2next"]["ndcg@5"]

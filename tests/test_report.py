@@ -4,7 +4,7 @@ import csv
 
 from src.config import load_config
 from src.report import main as report_main
-from src.report import render_table, table1
+from src.report import Cell, render_csv, render_table, table1
 from src.utils import write_json
 
 
@@ -32,7 +32,7 @@ def test_table1_numbers_na_and_missing(tmp_path):
     _write_some_metrics(cfg)
     rows, columns, commands = table1(cfg)
     assert columns == ["Method", "Task1 H@5", "Task1 N@5", "Task2 N@5", "Task3 ACC", "Task6 HCR"]
-    by = {r[0]: r[1:] for r in rows}
+    by = {r[0]: [c.value if isinstance(c, Cell) else c for c in r[1:]] for r in rows}
     assert list(by) == ["Random", "Popularity", "SmolLM2-135M", "SmolLM2-135M-ICL", "GPT4-ICL", "KD-SASRec",
                         "RecExplainer-B", "RecExplainer-I", "RecExplainer-H",
                         "RecExplainer-H (title-constrained)"]
@@ -72,7 +72,11 @@ def test_report_cli_writes_markdown_and_csv(tmp_path, capsys):
     assert "Commands that produce the missing cells" in md
     with open(cfg.tables_dir / "table1.csv") as f:
         rows = list(csv.reader(f))
-    assert rows[0][0] == "Method" and rows[1] == ["Random", "0.0023", "0.0015", "0.6153", "0.5030", "N/A"]
+    head = rows[0]
+    random_row = dict(zip(head, rows[1]))
+    assert head[0] == "Method" and "Task1 H@5 lo" in head and "Task3 ACC n" in head
+    assert [random_row[c] for c in ("Method", "Task1 H@5", "Task1 N@5", "Task2 N@5", "Task3 ACC", "Task6 HCR")] == [
+        "Random", "0.0023", "0.0015", "0.6153", "0.5030", "N/A"]
 
 
 def test_report_rejects_malformed_metrics(tmp_path, capsys):
@@ -95,3 +99,14 @@ def test_render_table_pads_and_checks_width():
         assert "1 cells" in str(e)
     else:
         raise AssertionError("width mismatch not caught")
+
+
+def test_cells_carry_interval_and_n_into_markdown_and_csv():
+    cell = Cell(0.25, 0.2, 0.31, 200)
+    md = render_table([["M", cell, "N/A"]], ["Method", "Task3 ACC", "Task6 HCR"])
+    assert "0.2500 [0.200, 0.310] n=200" in md
+    csv_text = render_csv([["M", cell, "N/A"], ["P", "-", "N/A"]], ["Method", "Task3 ACC", "Task6 HCR"])
+    lines = csv_text.splitlines()
+    assert lines[0] == "Method,Task3 ACC,Task3 ACC lo,Task3 ACC hi,Task3 ACC n,Task6 HCR"
+    assert lines[1] == "M,0.2500,0.2000,0.3100,200,N/A"
+    assert lines[2] == "P,-,,,,N/A"
