@@ -449,6 +449,21 @@ class RecExplainer(nn.Module):
         suppress = sorted(set(gen_kwargs.pop("suppress_tokens", None) or []) | {self.user_token_id, self.item_token_id})
         gen_kwargs.setdefault("pad_token_id", self.pad_token_id)
         gen_kwargs.setdefault("use_cache", True)
+        gc = gen_kwargs.get("generation_config")
+        beams = int(gen_kwargs.get("num_beams") or getattr(gc, "num_beams", 1) or 1)
+        last_is_marker = bool(((input_ids[:, -1] == self.user_token_id) | (input_ids[:, -1] == self.item_token_id)).any())
+        if beams > 1 and input_ids.shape[1] > 1 and not last_is_marker:
+            # WHY: HF beam search copies every prompt num_beams times before the prefill, so
+            # 5 beams cost 5 prefills of the same tokens; prefill once, copy the KV cache.
+            mask = attention_mask
+            pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+            out = self.lm(inputs_embeds=embeds[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1],
+                          use_cache=True)
+            cache = out.past_key_values
+            cache.batch_repeat_interleave(beams)
+            return self.lm.generate(
+                input_ids=input_ids, attention_mask=mask, past_key_values=cache, suppress_tokens=suppress, **gen_kwargs
+            )
         return self.lm.generate(
             input_ids=input_ids, inputs_embeds=embeds, attention_mask=attention_mask, suppress_tokens=suppress, **gen_kwargs
         )

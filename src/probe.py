@@ -61,11 +61,16 @@ def run_probe(model: Any, tokenizer: Any, cfg: Config, records: dict[str, list[d
     """Table 1 metrics of each probed mode, computed with the Table 1 decoding."""
     from src.generation import generate_texts, score_yes_no
 
+    import contextlib
+
     was_training = model.training
     model.eval()
     out: dict[str, dict] = {}
+    # under bf16 autocast training (float32 master weights) the probe computes like training
+    amp = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.train.bf16 and not torch.cuda.is_available() \
+        else contextlib.nullcontext()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), amp:
             for mode, recs in records.items():
                 if mode == "uidiid2binary":
                     preds = score_yes_no(model, tokenizer, recs, cfg, desc="probe yes/no")

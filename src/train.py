@@ -166,6 +166,8 @@ def training_arguments(cfg: Config, output_dir: Path, has_eval: bool, **extra: A
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=not sys.stderr.isatty(),
         optim="adamw_torch",
+        # without a GPU: say so, which is what lets bf16 autocast (and gloo) run on a CPU
+        use_cpu=not torch.cuda.is_available(),
     )
     if t.deepspeed:
         ds = cfg.resolve(t.deepspeed)
@@ -174,6 +176,33 @@ def training_arguments(cfg: Config, output_dir: Path, has_eval: bool, **extra: A
         kwargs["deepspeed"] = str(ds)
     kwargs.update(extra)
     return TrainingArguments(**kwargs)
+
+
+def resolve_training_dtype(cfg: Config) -> Config:
+    """``llm.torch_dtype: auto`` for training: bf16 compute only where it is measured faster.
+
+    With LoRA the frozen base weights may simply be stored in bf16 (the adapter and the
+    projectors stay float32). Full fine-tuning must keep float32 master weights, or small
+    updates vanish in bf16 rounding; there "bf16" means float32 weights under bf16
+    autocast (``train.bf16``). Returns a copy of `cfg` with the choice made explicit.
+    """
+    if cfg.llm.torch_dtype != "auto":
+        return cfg
+    import copy
+
+    from src.model import base_model_path
+    from src.precision import pick_dtype
+
+    cfg = copy.deepcopy(cfg)
+    choice = pick_dtype(base_model_path(cfg))
+    if cfg.llm.lora.enabled:
+        cfg.llm.torch_dtype = choice
+    else:
+        cfg.llm.torch_dtype = "float32"
+        cfg.train.bf16 = cfg.train.bf16 or choice == "bfloat16"
+    log.info("llm.torch_dtype=auto: training with %s weights%s", cfg.llm.torch_dtype,
+             " under bf16 autocast" if cfg.train.bf16 else "")
+    return cfg
 
 
 def _last_checkpoint(ckpt_dir: Path) -> str | None:
@@ -226,6 +255,7 @@ def train(
     else:
         log.warning("no %s; training without evaluation", valid_path)
 
+    cfg = resolve_training_dtype(cfg)
     enc = rec_encoder if rec_encoder is not None else _load_encoder(cfg, "cpu", required=True)
     model, tokenizer = build_model(cfg, enc)
     if zero_projectors:
