@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The main job: every stage of the paper, in order, on one config.
 #
-#   bash shell/run_all.sh [configs/X.yaml] [--profile full] [--from STAGE] [--only STAGE]
+#   bash shell/run_all.sh [configs/X.yaml] [--profile long|full] [--from STAGE] [--only STAGE]
 #                         [--force] [--set key=value ...]   (passed to every stage)
 #
 # Default: configs/ml100k.yaml (MovieLens-100K + SASRec + SmolLM2-135M-Instruct on CPU,
-# about an hour on 2 cores). `--profile full` swaps in the config's paper-scale sibling
+# about an hour on 2 cores). `--profile long` swaps in configs/<name>_long.yaml (3.5x the
+# training budget, ~2.5 hours on 2 cores); `--profile full` the paper-scale sibling
 # (configs/<name>_full.yaml) when one exists. Every stage skips work whose outputs exist,
 # so re-running after an interruption continues where it stopped.
 source "$(dirname "$0")/_common.sh"
@@ -24,11 +25,13 @@ while [ $# -gt 0 ]; do
   esac
 done
 pick_config ${POS[@]+"${POS[@]}"}
-if [ "$PROFILE" = full ]; then
-  full="${CONFIG%.yaml}_full.yaml"
-  if [ -f "$full" ]; then CONFIG="$full"; else echo "[run_all] no $full; $CONFIG already holds its paper-scale settings" >&2; fi
+if [ "$PROFILE" = full ] || [ "$PROFILE" = long ]; then
+  sib="${CONFIG%.yaml}_${PROFILE}.yaml"
+  if [ -f "$sib" ]; then CONFIG="$sib"
+  elif [ "$PROFILE" = full ]; then echo "[run_all] no $sib; $CONFIG already holds its paper-scale settings" >&2
+  else echo "error: no $sib (--profile long exists for configs/ml100k.yaml)" >&2; exit 2; fi
 elif [ "$PROFILE" != default ]; then
-  echo "error: --profile must be 'default' or 'full', got '$PROFILE'" >&2; exit 2
+  echo "error: --profile must be 'default', 'long' or 'full', got '$PROFILE'" >&2; exit 2
 fi
 
 ensure_venv
@@ -43,9 +46,12 @@ T_ALL=$(date +%s)
 started=0
 [ -z "$FROM" ] && started=1
 
+NAMES=()
+DRY=0
 stage() {
-  # stage NAME COMMAND...: run one stage with a header and its wall time
+  # stage NAME COMMAND...: run one stage with a header and its wall time (DRY=1: list it)
   local name="$1"; shift
+  if [ "$DRY" = 1 ]; then NAMES+=("$name"); return 0; fi
   if [ -n "$ONLY" ] && [ "$ONLY" != "$name" ]; then return 0; fi
   if [ $started = 0 ]; then
     if [ "$name" = "$FROM" ]; then started=1; else return 0; fi
@@ -58,29 +64,40 @@ stage() {
   printf '[%s] %s done in %ss\n' "$(date +%H:%M:%S)" "$name" "$dt"
 }
 
-S=shell
-stage fetch            bash $S/download_data.sh "$CONFIG"
-stage preprocess       bash $S/preprocess_recmodel.sh "$CONFIG"
-stage recmodel_train   bash $S/recmodel_train.sh "$CONFIG"
-stage recmodel_infer   bash $S/recmodel_infer.sh "$CONFIG"
-stage baselines        python -m recmodel.baselines --config "$CONFIG"
-stage task_data        bash $S/recexplainer_data_pipeline.sh "$CONFIG"
-for tt in $TRAIN_TYPES; do
-  stage "train_$tt"    bash $S/train.sh "$CONFIG" --task_type "$tt"
+pipeline() {
+  S=shell
+  stage fetch            bash $S/download_data.sh "$CONFIG"
+  stage preprocess       bash $S/preprocess_recmodel.sh "$CONFIG"
+  stage recmodel_train   bash $S/recmodel_train.sh "$CONFIG"
+  stage recmodel_infer   bash $S/recmodel_infer.sh "$CONFIG"
+  stage baselines        python -m recmodel.baselines --config "$CONFIG"
+  stage task_data        bash $S/recexplainer_data_pipeline.sh "$CONFIG"
+  for tt in $TRAIN_TYPES; do
+    stage "train_$tt"    bash $S/train.sh "$CONFIG" --task_type "$tt"
+  done
+  for m in $ALIGN_RUNS; do   # entries look like method:mode[:flag]
+    IFS=: read -r tt mode flag <<<"$m"
+    stage "align_${tt}${flag:+_$flag}_$mode" bash $S/infer_alignment.sh "$CONFIG" --task_type "$tt" --inference_mode "$mode" ${flag:+--$flag}
+  done
+  for e in $EXPLAIN_RUNS; do  # method:split
+    IFS=: read -r tt split <<<"$e"
+    stage "explain_${tt}_$split" bash $S/infer_explan.sh "$CONFIG" --task_type "$tt" --split "$split"
+  done
+  stage eval_explan      bash $S/eval_explan.sh "$CONFIG"
+  stage disc_data        bash discriminator/data_gen.sh "$CONFIG"
+  stage disc_cls         bash discriminator/run_cls.sh "$CONFIG"
+  stage disc_reg         bash discriminator/run_reg.sh "$CONFIG"
+  stage report           python -m src.report --config "$CONFIG"
+}
+
+DRY=1 pipeline
+for want in "$FROM" "$ONLY"; do
+  if [ -n "$want" ] && ! printf '%s\n' "${NAMES[@]}" | grep -qx -- "$want"; then
+    echo "error: unknown stage '$want'; stages of this config: ${NAMES[*]}" >&2; exit 2
+  fi
 done
-for m in $ALIGN_RUNS; do   # entries look like method:mode[:flag]
-  IFS=: read -r tt mode flag <<<"$m"
-  stage "align_${tt}${flag:+_$flag}_$mode" bash $S/infer_alignment.sh "$CONFIG" --task_type "$tt" --inference_mode "$mode" ${flag:+--$flag}
-done
-for e in $EXPLAIN_RUNS; do  # method:split
-  IFS=: read -r tt split <<<"$e"
-  stage "explain_${tt}_$split" bash $S/infer_explan.sh "$CONFIG" --task_type "$tt" --split "$split"
-done
-stage eval_explan      bash $S/eval_explan.sh "$CONFIG"
-stage disc_data        bash discriminator/data_gen.sh "$CONFIG"
-stage disc_cls         bash discriminator/run_cls.sh "$CONFIG"
-stage disc_reg         bash discriminator/run_reg.sh "$CONFIG"
-stage report           python -m src.report --config "$CONFIG"
+DRY=0
+pipeline
 
 printf '\n========== summary (%s) ==========\n' "$CONFIG"
 for line in ${SUMMARY[@]+"${SUMMARY[@]}"}; do echo "$line"; done

@@ -236,8 +236,9 @@ class TrainConfig:
     #: files before any subsampling; the Figure 7 ablation (src.ablation) sets it per variant
     exclude_tasks: list[str] = field(default_factory=list)
     #: share of the train.max_train_samples budget per record type, e.g. {uid2next: 4,
-    #: uidiid2binary: 2}; types left out are not trained; empty = a uniform random sample
-    #: of the file (the paper's mix). Small types repeat (more than one pass).
+    #: uidiid2binary: 2}, or per type in one form ("uid2next:hybrid"), or one such mapping
+    #: per task type ({behaviour: {...}, both: {...}}); types left out are not trained;
+    #: empty = a uniform random sample of the file (the paper's mix). Small types repeat.
     task_mix: dict[str, float] = field(default_factory=dict)
     #: learning rate of the two projectors (0 = train.lr). They start from scratch while
     #: LoRA starts from a trained LM, so a short run wants them faster.

@@ -92,21 +92,30 @@ def mix_tasks(records: list[dict], mix: dict[str, float], total: int, seed: int,
     if total <= 0:
         raise ConfigError("train.task_mix needs train.max_train_samples > 0 (the budget it divides)")
     by_type: dict[str, list[dict]] = {}
-    for r in records:  # a key is a type ("uid2next") or a type in one form ("uid2next:hybrid")
-        by_type.setdefault(str(r.get("type")), []).append(r)
-        if r.get("form"):
-            by_type.setdefault(f"{r.get('type')}:{r['form']}", []).append(r)
+    for r in records:  # each record joins the most specific key: "uid2next:hybrid" before "uid2next"
+        specific = f"{r.get('type')}:{r.get('form')}"
+        by_type.setdefault(specific if specific in mix else str(r.get("type")), []).append(r)
     bad = [t for t, w in mix.items() if not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0]
     if bad:
         raise ConfigError(f"train.task_mix.{bad[0]} must be a non-negative number, got {mix[bad[0]]!r}")
-    weights = {t: float(w) for t, w in mix.items() if w > 0}
-    missing = [t for t in weights if t not in by_type]
-    if missing:
-        raise StageError(
-            f"train.task_mix: {missing[0]!r} is not a task type of {path} (types present: {', '.join(sorted(by_type))})"
-        )
+    from data_gen.generate import FORMS, TYPE_FORMS
+
+    known_types = set(TYPE_FORMS) | {"sharegpt"}
+    for key in mix:
+        t, _, form = key.partition(":")
+        if t not in known_types or (form and form not in FORMS):
+            raise ConfigError(f"train.task_mix: {key!r} is not a record type or type:form "
+                              f"(types: {', '.join(sorted(known_types))}; forms: {', '.join(FORMS)})")
+    # one mix serves the three training files: keys a file does not have (e.g. a hybrid form
+    # in behaviour_train.json) are skipped there, and said so
+    absent = [t for t, w in mix.items() if w > 0 and t not in by_type]
+    present = sorted({str(r.get("type")) for r in records})
+    if absent:
+        log.info("%s: train.task_mix keys not in this file, skipped: %s", Path(path).name, ", ".join(absent))
+    weights = {t: float(w) for t, w in mix.items() if w > 0 and t in by_type}
     if not weights:
-        raise ConfigError("train.task_mix gives every type weight 0")
+        raise StageError(f"train.task_mix selects none of the record types of {path} "
+                         f"(types present: {', '.join(present)})")
     rng = random.Random(seed)
     norm = sum(weights.values())
     out: list[dict] = []

@@ -201,13 +201,39 @@ def evaluate(
         )
         summary["methods"][method] = {
             "display": method_display(cfg, method), "file": str(path), "n": len(rows),
-            "judge": jsum, "decision": decision,
+            "judge": jsum, "decision": decision, "fluency": fluency_summary([r["explanation"] for r in rows]),
         }
         log.info(
             "%s: n=%d judge mean=%s decision agreement=%.3f", method, len(rows),
             f"{jsum['mean']:.3f}" if jsum["mean"] is not None else "-", decision["agreement"] or 0.0,
         )
     return summary
+
+
+def distinct_bigram_ratio(text: str) -> float | None:
+    """Distinct word bigrams / all word bigrams of one text (1.0 = no bigram repeats).
+
+    WHY: a degenerate explanation ("The user has liked the item: Love, Love, Love; ...")
+    repeats itself; the share of distinct bigrams measures that without a judge. None for
+    texts of fewer than two words.
+    """
+    words = text.lower().split()
+    grams = list(zip(words, words[1:]))
+    return len(set(grams)) / len(grams) if grams else None
+
+
+#: below this distinct-bigram ratio an explanation counts as degenerate (repeats itself)
+DEGENERATE_BELOW = 0.5
+
+
+def fluency_summary(texts: list[str]) -> dict[str, Any]:
+    """Mean distinct-bigram ratio and the share of degenerate (repetitive) explanations."""
+    ratios = [r for r in (distinct_bigram_ratio(t) for t in texts) if r is not None]
+    return {
+        "distinct2_mean": sum(ratios) / len(ratios) if ratios else None,
+        "degenerate_share": sum(r < DEGENERATE_BELOW for r in ratios) / len(ratios) if ratios else None,
+        "n": len(ratios),
+    }
 
 
 def _fmt(x: Any, digits: int = 4) -> str:
@@ -220,7 +246,7 @@ def _fmt(x: Any, digits: int = 4) -> str:
 
 TABLE2_COLUMNS = [
     "Method", "Judge mean (0-3)", "n rated", "RATING-0", "RATING-1", "RATING-2", "RATING-3",
-    "unparseable (first / final)", "Decision = label (rule)", "undecided",
+    "unparseable (first / final)", "Decision = label (rule)", "undecided", "distinct-2", "repetitive",
 ]
 
 
@@ -234,6 +260,7 @@ def table2_rows(summary: dict[str, Any]) -> list[list[str]]:
             *[(_fmt(shares[str(r)], 3) if j["n_rated"] else "-") for r in range(4)],
             f"{j['unparseable_first']} / {j['unparseable_final']}" if j["n_judged"] else "-",
             _fmt(d["agreement"], 3), _fmt(d["undecided_share"], 3),
+            _fmt(s.get("fluency", {}).get("distinct2_mean"), 3), _fmt(s.get("fluency", {}).get("degenerate_share"), 3),
         ])
     return out
 
@@ -246,7 +273,9 @@ def render_table2(summary: dict[str, Any]) -> tuple[str, str]:
         f"Table 2. Explanation quality on the {summary['split']} prompts. Judge: "
         f"{j['model'] or 'none'} ({j['status']}); the paper's judge was GPT-4. RATING columns are "
         "shares of rated answers; 'Decision = label (rule)' is the deterministic check (first "
-        "yes/no phrase of the explanation vs the label), no LLM involved."
+        "yes/no phrase of the explanation vs the label), no LLM involved; 'distinct-2' is the mean "
+        "share of distinct word bigrams per explanation and 'repetitive' the share below "
+        f"{DEGENERATE_BELOW} (degenerate repetition)."
     )
     md = [title, "", "| " + " | ".join(TABLE2_COLUMNS) + " |", "|" + "---|" * len(TABLE2_COLUMNS)]
     md += ["| " + " | ".join(r) + " |" for r in rows]

@@ -178,6 +178,18 @@ def training_arguments(cfg: Config, output_dir: Path, has_eval: bool, **extra: A
     return TrainingArguments(**kwargs)
 
 
+def task_mix_of(cfg: Config, task_type: str) -> dict[str, float]:
+    """train.task_mix for one training file: a flat mix, or ``{behaviour: {...}, both: {...}}``."""
+    mix = cfg.train.task_mix
+    nested = {k: v for k, v in mix.items() if k in TASK_TYPES}
+    if nested:
+        if len(nested) != len(mix) or not all(isinstance(v, dict) for v in nested.values()):
+            raise ConfigError("train.task_mix: either record types with weights, or one mapping per task type "
+                              f"({', '.join(TASK_TYPES)}), not both")
+        return dict(nested.get(task_type, {}))
+    return dict(mix)
+
+
 def resolve_training_dtype(cfg: Config) -> Config:
     """``llm.torch_dtype: auto`` for training: bf16 compute only where it is measured faster.
 
@@ -247,7 +259,8 @@ def train(
     valid_path = cfg.tasks_dir / f"{task_type}_valid.json"
     exclude = cfg.train.exclude_tasks
     all_train = filter_task_types(load_task_records(train_path), exclude, train_path)
-    train_recs = mix_tasks(all_train, cfg.train.task_mix, cfg.train.max_train_samples, cfg.train.seed, train_path)
+    train_recs = mix_tasks(all_train, task_mix_of(cfg, task_type), cfg.train.max_train_samples, cfg.train.seed,
+                           train_path)
     valid_recs = []
     if valid_path.is_file():
         valid_recs = filter_task_types(load_task_records(valid_path), exclude, valid_path, strict=False)

@@ -105,10 +105,14 @@ def test_cap_added_to_cpu_overlay_cannot_reach_a_paper_profile(tmp_path: Path) -
 
 def test_cpu_profiles_keep_their_budget() -> None:
     ml = load_config(CONFIGS / "ml100k.yaml")
-    assert (ml.train.max_train_samples, ml.train.max_eval_samples, ml.train.epochs) == (192, 16, 1)
-    assert ml.eval.max_samples == 30 and ml.eval.max_samples_per_mode == {"uid2next": 20, "uidiid2binary": 100}
+    assert (ml.train.max_train_samples, ml.train.max_eval_samples, ml.train.epochs) == (1200, 16, 1)
+    # Table 1 cells rest on >= 100 task-1 and >= 200 task-2/3 records (issue 12)
+    assert ml.eval.max_samples == 200 and ml.eval.max_samples_per_mode == {"uid2next": 100, "uid2hist": 50}
     assert ml.explain.max_samples == 40 and ml.data_gen.max_train_per_task == 2000
-    assert (ml.llm.base_model, ml.llm.torch_dtype, ml.train.deepspeed) == ("models/smollm2-135m-instruct", "float32", "")
+    assert (ml.llm.base_model, ml.llm.torch_dtype, ml.train.deepspeed) == ("models/smollm2-135m-instruct", "auto", "")
+    assert not ml.llm.lora.enabled and set(ml.train.task_mix) == {"behaviour", "intention", "both"}
+    long = load_config(CONFIGS / "ml100k_long.yaml")
+    assert long.train.max_train_samples > ml.train.max_train_samples and long.root.name == "ml100k_long"
     prov: dict[str, str] = {}
     load_config(CONFIGS / "ml100k.yaml", provenance=prov)
     assert Path(prov["train.max_train_samples"]).name == "cpu.yaml"

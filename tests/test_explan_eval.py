@@ -136,3 +136,14 @@ def test_bad_input_is_one_clear_error(tmp_path, capsys):
     assert eval_explan.main(_argv(tmp_path, "paths.root=" + str(tmp_path / "empty"))) == 2
     assert "no explanation files" in capsys.readouterr().err
     assert eval_explan.main([*_argv(tmp_path), "--model_names", "none,both", "--model_response_files", str(path)]) == 2
+
+
+def test_fluency_measures_repetition():
+    from src.eval_explan import distinct_bigram_ratio, fluency_summary
+
+    assert distinct_bigram_ratio("the user likes dark comedies") == 1.0
+    loop = "The user has liked the item: Love, Love, Love; " * 4
+    assert distinct_bigram_ratio(loop) < 0.5
+    assert distinct_bigram_ratio("Yes") is None
+    s = fluency_summary(["a fine and varied text here", loop, "x"])
+    assert s["n"] == 2 and s["degenerate_share"] == 0.5 and 0.5 < s["distinct2_mean"] < 1.0

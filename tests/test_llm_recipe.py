@@ -41,8 +41,14 @@ def test_mix_tasks_draws_the_proportions_per_type_and_form():
 
 def test_mix_tasks_errors_name_the_key():
     recs = _records()
-    with pytest.raises(StageError, match="uid2nxt.*types present"):
+    with pytest.raises(ConfigError, match="uid2nxt.*not a record type"):
         mix_tasks(recs, {"uid2nxt": 1}, 10, seed=0, path="t.json")
+    with pytest.raises(ConfigError, match="uid2next:hybird"):
+        mix_tasks(recs, {"uid2next:hybird": 1}, 10, seed=0, path="t.json")
+    # a key of another training file (uid2hist is intention-only) is skipped; none at all is an error
+    assert len(mix_tasks(recs, {"uid2hist": 1, "iid2title": 1}, 10, seed=0, path="t.json")) == 10
+    with pytest.raises(StageError, match="selects none"):
+        mix_tasks(recs, {"uid2hist": 1}, 10, seed=0, path="t.json")
     with pytest.raises(ConfigError, match="max_train_samples > 0"):
         mix_tasks(recs, {"uid2next": 1}, 0, seed=0, path="t.json")
     with pytest.raises(ConfigError, match="task_mix.uid2next"):
