@@ -162,9 +162,9 @@ def fmt(value: Any) -> str:
         return str(value)
     if value is None:
         return MISSING
-    if isinstance(value, bool):
+    if isinstance(value, (bool, int)):  # counts and steps; metric values are floats
         return str(value)
-    if isinstance(value, (int, float)):
+    if isinstance(value, float):
         return MISSING if math.isnan(float(value)) else f"{float(value):.4f}"
     return str(value)
 
@@ -379,6 +379,7 @@ def alignment_curve(cfg: Config) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     refs = {
         base_model_name(cfg): lambda mode: _read_optional(eval_metrics_path(cfg, "none", mode)),
@@ -394,6 +395,7 @@ def alignment_curve(cfg: Config) -> Path | None:
             v = _value(get(mode), metric)
             if v is not None:
                 ax.axhline(v, linestyle=style, color="grey", label=name)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1000:.0f}k"))
         ax.set_xlabel("training tokens")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
