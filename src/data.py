@@ -133,7 +133,7 @@ def mix_tasks(records: list[dict], mix: dict[str, float], total: int, seed: int,
     return out
 
 
-def subsample(records: list[dict], cap: int, seed: int) -> list[dict]:
+def subsample(records: list[dict], cap: int, seed: int | str) -> list[dict]:
     """A seeded random subset of `cap` records in file order (0 = all).
 
     Random rather than the first `cap`, because task files are grouped by task type.

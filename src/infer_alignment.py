@@ -112,11 +112,11 @@ def load_eval_records(cfg: Config, task_type: str, mode: str, split: str) -> lis
     if cap and len(records) > cap:
         # a seeded random draw, not the first N: task files are ordered by user, and the
         # first users are no random sample of them; eval.sample_seed redraws it
-        seed = f"{cfg.eval.sample_seed}:{mode}"
-        keep = sorted(random.Random(seed).sample(range(len(records)), cap))
+        from src.data import subsample
+
         log.info("evaluating a seeded random %d of %d %s records (eval.max_samples, eval.sample_seed=%d)",
                  cap, len(records), mode, cfg.eval.sample_seed)
-        records = [records[i] for i in keep]
+        records = subsample(records, cap, f"{cfg.eval.sample_seed}:{mode}")
     return records
 
 

@@ -16,7 +16,6 @@ figures are not independent of Table 1's; they are never used to pick a checkpoi
 from __future__ import annotations
 
 import logging
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 
 from src.config import Config, ConfigError
+from src.data import subsample
 from src.metrics import MODE_METRICS, compute_metrics
 from src.utils import JsonlAppender
 
@@ -45,8 +45,7 @@ def probe_records(cfg: Config, records: list[dict]) -> dict[str, list[dict]]:
             raise ConfigError(f"train.probe_samples.{mode} must be a non-negative integer, got {n!r}")
         pool = [r for r in records if r.get("type") == mode]
         if n and pool:
-            keep = sorted(random.Random(f"{cfg.train.seed}:probe:{mode}").sample(range(len(pool)), min(n, len(pool))))
-            out[mode] = [pool[i] for i in keep]
+            out[mode] = subsample(pool, n, f"{cfg.train.seed}:probe:{mode}")
     return out
 
 

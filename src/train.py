@@ -364,10 +364,9 @@ def train(
 
 
 def _type_counts(records: list[dict]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for r in records:
-        counts[str(r.get("type"))] = counts.get(str(r.get("type")), 0) + 1
-    return counts
+    from collections import Counter
+
+    return dict(Counter(str(r.get("type")) for r in records))
 
 
 def _read_log(path: Path) -> list[dict]:
