@@ -50,7 +50,7 @@ from data_gen.generate import (
 )
 from data_gen.inputs import TopRow, load_canonical_data, load_item_sim, load_sharegpt, load_top
 from src.config import Config, ConfigError
-from src.utils import atomic_open, sha256_file
+from src.utils import StageError, atomic_open, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +138,15 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any] | None:
 
     # ShareGPT is read before any record is built so that a bad file stops early too
     sharegpt: dict[str, list[dict]] = {"train": [], "valid": []}
+    sg_path = None
     if g.sharegpt_file:
         sg_path = cfg.raw_dir / g.sharegpt_file
+    elif g.sharegpt_replay > 0:
+        sg_path = cfg.replay_file  # the offline stand-in (src.replay), read like ShareGPT itself
+        if not sg_path.is_file():
+            raise StageError(f"{sg_path}: data_gen.sharegpt_replay is {g.sharegpt_replay} but the ShareGPT "
+                             f"stand-in is not built; run `python -m src.replay --config {cfg.source_file}` (bash shell/replay.sh) first")
+    if sg_path is not None:
         kept, drops = load_sharegpt(sg_path, g.sharegpt_max_chars, multi_turn=g.sharegpt_multi_turn)
         for reason, n in sorted(drops.items()):
             log.info("ShareGPT: dropped %d conversations: %s", n, reason)

@@ -28,7 +28,11 @@ ensure_venv() {
   fi
   export PATH="$REPO_ROOT/.venv/bin:$PATH"
   export PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}"
-  export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TRANSFORMERS_NO_ADVISORY_WARNINGS=1 TOKENIZERS_PARALLELISM=false
+  # HF_HUB_OFFLINE is left to the user (an exported value passes through untouched): forcing
+  # it to 1 refused hub ids such as lmsys/vicuna-7b-v1.3 on machines with a network. Local
+  # model directories (models/..., absolute paths) load from disk without any network call
+  # either way, and offline a hub id still loads from the Hugging Face cache.
+  export TRANSFORMERS_NO_ADVISORY_WARNINGS=1 TOKENIZERS_PARALLELISM=false
 }
 
 # CONFIG: first positional argument ending in .yaml/.yml, else configs/ml100k.yaml

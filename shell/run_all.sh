@@ -71,6 +71,7 @@ pipeline() {
   stage recmodel_train   bash $S/recmodel_train.sh "$CONFIG"
   stage recmodel_infer   bash $S/recmodel_infer.sh "$CONFIG"
   stage baselines        python -m recmodel.baselines --config "$CONFIG"
+  stage replay           bash $S/replay.sh "$CONFIG"
   stage task_data        bash $S/recexplainer_data_pipeline.sh "$CONFIG"
   for tt in $TRAIN_TYPES; do
     stage "train_$tt"    bash $S/train.sh "$CONFIG" --task_type "$tt"

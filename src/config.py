@@ -167,6 +167,14 @@ class DataGenConfig:
     #: task 5 records carry the whole conversation ("messages") and train every assistant
     #: turn, whole turns within llm.max_length (the original); false = the first turn only
     sharegpt_multi_turn: bool = True
+    #: offline stand-in for ShareGPT when sharegpt_file is empty: this many general
+    #: instructions (data_gen.templates.REPLAY) answered once by the *base* LLM and cached
+    #: as a ShareGPT json (`python -m src.replay`, <root>/replay/sharegpt_replay.json).
+    #: Replaying the model's own answers keeps long-form writing alive during alignment
+    #: (section 2.2, task 5's purpose); 0 = off (the paper uses real ShareGPT)
+    sharegpt_replay: int = 0
+    #: new-token cap of each replayed answer
+    replay_max_new_tokens: int = 160
     #: users sampled for explanation prompts per split (paper: 500 valid / 2000 train)
     explan_valid_users: int = 500
     explan_train_users: int = 2000
@@ -254,6 +262,10 @@ class TrainConfig:
     probe_points: int = 0
     #: probe records per inference mode (seeded sample of the evaluation file)
     probe_samples: dict[str, int] = field(default_factory=lambda: {"uid2next": 40, "uidiid2binary": 100})
+    #: how answer-token losses are averaged: "token" (HF's default and the original's: a
+    #: record weighs by its answer length, so 5-title rankings and histories drown Yes/No
+    #: answers) or "record" (each record's mean token loss, then the mean over records)
+    loss_weighting: str = "token"
     seed: int = 42
 
 
@@ -450,6 +462,11 @@ class Config:
         return self.root / "tasks"
 
     @property
+    def replay_file(self) -> Path:
+        """The ShareGPT stand-in written by src.replay (data_gen.sharegpt_replay)."""
+        return self.root / "replay" / "sharegpt_replay.json"
+
+    @property
     def llm_dir(self) -> Path:
         return self.root / "llm"
 
@@ -539,6 +556,145 @@ def _coerce(tp: Any, value: Any, where: str, src: str) -> Any:
     return value
 
 
+# --------------------------------------------------------------------------- ranges
+
+#: lower bounds of every count, size, cap and length, checked when a config loads:
+#: {dotted key: (bound, strict, what it means)}; ``strict`` = the bound itself is refused.
+#: WHY one table: a 0 batch size or beam width used to surface as a raw traceback deep in a
+#: stage, ``train.epochs=0`` as a model marked done after 0 steps, and a negative cap as
+#: "all" (``items[:-1]``-style slicing), each long after ``--force`` had deleted outputs.
+#: A mapping-valued key (``eval.max_samples_per_mode``) bounds each of its values.
+#: Add a key here together with its dataclass field.
+_POSITIVE = (0, True, "")
+_RANGES: dict[str, tuple[float, bool, str]] = {
+    "dataset.kcore": (0, False, "0 = off"),
+    "dataset.top_n_items": (0, False, "0 = all"),
+    "dataset.min_user_inters": (0, False, "0 = off"),
+    "dataset.sample_users": (0, False, "0 = all"),
+    "dataset.final_kcore": (0, False, "0 = off"),
+    "dataset.min_rating": (0, False, "0 = keep all"),
+    "dataset.min_seq_len": (0, False, "0 = off; preprocess itself needs >= 3"),
+    "dataset.max_title_chars": (0, False, "0 = no limit"),
+    "dataset.synthetic_users": (1, False, ""),
+    "dataset.synthetic_items": (1, False, ""),
+    "recmodel.hidden_size": (1, False, ""),
+    "recmodel.num_layers": (0, False, ""),
+    "recmodel.num_heads": (1, False, ""),
+    "recmodel.inner_size": (1, False, ""),
+    "recmodel.max_seq_len": (1, False, ""),
+    "recmodel.num_negatives": (1, False, ""),
+    "recmodel.batch_size": (1, False, ""),
+    "recmodel.epochs": (1, False, ""),
+    "recmodel.patience": (1, False, "epochs without gain before early stop"),
+    "recmodel.export_topk": (1, False, ""),
+    "recmodel.export_train_cap": (0, False, "0 = all"),
+    "recmodel.sim_topk": (1, False, ""),
+    "recmodel.grad_clip": (0, False, "0 = no clipping"),
+    "recmodel.kd.hidden_size": (0, False, "0 = the teacher's"),
+    "recmodel.kd.num_layers": (0, False, "0 = the teacher's"),
+    "recmodel.kd.num_heads": (0, False, "0 = the teacher's"),
+    "recmodel.kd.inner_size": (0, False, "0 = the teacher's"),
+    "recmodel.kd.epochs": (1, False, ""),
+    "recmodel.kd.temperature": _POSITIVE,
+    "data_gen.train_cap_per_user": (0, False, ""),
+    "data_gen.max_hist_len": (0, False, ""),
+    "data_gen.num_sim": (0, False, ""),
+    "data_gen.sharegpt_train": (0, False, ""),
+    "data_gen.sharegpt_valid": (0, False, ""),
+    "data_gen.sharegpt_max_chars": (0, False, ""),
+    "data_gen.explan_valid_users": (0, False, ""),
+    "data_gen.explan_train_users": (0, False, ""),
+    "data_gen.max_train_per_task": (0, False, "0 = all"),
+    "data_gen.max_eval_per_task": (0, False, "0 = all"),
+    "data_gen.eval_iid2title_items": (0, False, "0 = all items"),
+    "data_gen.max_field_chars": (0, False, "0 = no limit"),
+    "data_gen.sharegpt_replay": (0, False, "0 = off"),
+    "data_gen.replay_max_new_tokens": (1, False, ""),
+    "llm.max_length": (1, False, "tokens"),
+    "llm.lora.r": (1, False, ""),
+    "llm.lora.alpha": (1, False, ""),
+    "llm.tiny_hidden_size": (1, False, ""),
+    "llm.tiny_layers": (1, False, ""),
+    "llm.tiny_heads": (1, False, ""),
+    "llm.tiny_vocab_size": (1, False, ""),
+    "train.epochs": (0, True, "0 epochs would mark a model trained after 0 steps"),
+    "train.lr": _POSITIVE,
+    "train.warmup_ratio": (0, False, "a float < 1 is a share of the steps"),
+    "train.per_device_batch_size": (1, False, ""),
+    "train.grad_accum": (1, False, ""),
+    "train.eval_steps": (1, False, ""),
+    "train.save_steps": (1, False, ""),
+    "train.logging_steps": (1, False, ""),
+    "train.max_train_samples": (0, False, "0 = all"),
+    "train.max_eval_samples": (0, False, "0 = all"),
+    "train.projector_lr": (0, False, "0 = train.lr"),
+    "train.prealign_steps": (0, False, "0 = off"),
+    "train.prealign_lr": _POSITIVE,
+    "train.probe_points": (0, False, "0 = off"),
+    "train.probe_samples": (0, False, "records per mode"),
+    "eval.batch_size": (1, False, ""),
+    "eval.num_beams": (1, False, ""),
+    "eval.max_new_tokens": (1, False, ""),
+    "eval.max_new_tokens_list": (1, False, ""),
+    "eval.max_samples": (0, False, "0 = all"),
+    "eval.max_samples_per_mode": (0, False, "0 = all"),
+    "eval.icl_examples": (0, False, ""),
+    "eval.api_uid2next_k": (1, False, ""),
+    "explain.max_new_tokens": (1, False, ""),
+    "explain.min_new_tokens": (0, False, "0 = off"),
+    "explain.batch_size": (1, False, ""),
+    "explain.max_samples": (0, False, "0 = all"),
+    "explain.judge_retries": (0, False, ""),
+    "explain.judge_max_samples": (0, False, "0 = all"),
+    "api.max_concurrency": (1, False, ""),
+    "api.max_retries": (0, False, ""),
+    "api.timeout_s": _POSITIVE,
+    "api.max_tokens": (1, False, ""),
+    "api.backoff_base_s": (0, False, ""),
+    "api.backoff_max_s": (0, False, ""),
+    "discriminator.max_length": (1, False, "tokens"),
+    "discriminator.epochs": _POSITIVE,
+    "discriminator.lr": _POSITIVE,
+    "discriminator.batch_size": (1, False, ""),
+    "discriminator.per_method": (1, False, ""),
+}
+
+
+def _get_dotted(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def check_ranges(cfg: Config, provenance: dict[str, str] | None = None, src: str = "") -> None:
+    """Raise one ConfigError for the first value of :data:`_RANGES` out of its range.
+
+    The message names the config file `src`, the key, the bound, what the value means,
+    and, from `provenance`, a base file or ``--set`` that set it.
+    """
+    for key, (bound, strict, meaning) in _RANGES.items():
+        value = _get_dotted(cfg, key)
+        origin = (provenance or {}).get(key, PROV_DEFAULT)
+        if origin == PROV_OVERRIDE:
+            set_by = " (set by --set)"
+        elif origin == PROV_DEFAULT or not src or Path(origin).resolve() == Path(src).resolve():
+            set_by = ""
+        else:
+            set_by = f" (set in base config {origin})"
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        for sub, v in items:
+            name = f"{key}.{sub}" if sub is not None else key
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                if sub is None:
+                    continue  # the type check of _coerce already ran for scalar fields
+                raise ConfigError(f"{src}: {name} must be a number, got {v!r}{set_by}")
+            if v < bound or (strict and v == bound):
+                op = ">" if strict else ">="
+                bound_s = int(bound) if float(bound).is_integer() else bound
+                why = f" ({meaning})" if meaning else ""
+                raise ConfigError(f"{src}: {name} must be {op} {bound_s}{why}, got {v!r}{set_by}")
+
+
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node = data
@@ -615,7 +771,13 @@ def load_config(
         if "=" not in ov:
             raise ConfigError(f"override '{ov}' must look like key.sub=value")
         key, raw = ov.split("=", 1)
-        key, value = key.strip(), yaml.safe_load(raw)
+        key = key.strip()
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            first = str(e).strip().splitlines()[0]
+            raise ConfigError(f"override '{ov}': the value {raw!r} is not valid YAML ({first}); "
+                              "quote a string (--set 'key=\"text\"') or write a list as [a, b]") from None
         _set_dotted(data, key, value)
         # the leaf it lands in: a key inside a mapping setting (dataset.files.inter) marks
         # the whole setting; a whole section (recmodel.kd={...}) marks each key it gives
@@ -629,6 +791,7 @@ def load_config(
         _replace_prov(prov, leaf, {k: PROV_OVERRIDE for k in leaves})
     cfg = _build(Config, data, "", str(path))
     cfg.source_file = str(path)
+    check_ranges(cfg, prov, str(path))
     if provenance is not None:
         provenance.clear()
         provenance.update(prov)

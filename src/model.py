@@ -40,7 +40,7 @@ from torch import nn
 
 from src.chat import ITEM_TOKEN, MARKER_TOKENS, USER_TOKEN, marker_ids
 from src.config import Config, ConfigError
-from src.utils import StageError, model_dir_or_hub_id, read_json
+from src.utils import StageError, model_dir_or_hub_id, read_json, weight_file_problem
 
 log = logging.getLogger(__name__)
 
@@ -262,6 +262,10 @@ class RecExplainer(nn.Module):
 
     #: Trainer passes num_items_in_batch so that gradient accumulation averages per token
     accepts_loss_kwargs = True
+    #: "token" (the HF default: every answer token weighs the same, so a 5-title ranking
+    #: outweighs a Yes/No answer ~25 to 1) or "record" (each record's mean token loss, then
+    #: the mean over records: every task record weighs the same); see train.loss_weighting
+    loss_weighting = "token"
     main_input_name = "input_ids"
 
     def __init__(self, lm: nn.Module, tokenizer: Any, rec_encoder: RecEncoder | None, rec_dim: int | None = None):
@@ -407,22 +411,42 @@ class RecExplainer(nn.Module):
             if labels is not None:
                 logits = out.logits[:, :-1].float()
                 tgt = labels[:, 1:]
-                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=-100, reduction="sum")
-                loss = loss / self._denominator(tgt, num_items_in_batch)
+                keep = tgt != -100
+                per_token = F.cross_entropy(logits[keep], tgt[keep], reduction="none")
+                loss = self._reduce(per_token, keep, tgt, num_items_in_batch)
             return CausalLMOutputWithPast(loss=loss, logits=out.logits)
         lm = self.causal_lm()
         hidden = lm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False).last_hidden_state
         tgt = labels[:, 1:]
         keep = tgt != -100
         logits = lm.get_output_embeddings()(hidden[:, :-1][keep]).float()
-        loss = F.cross_entropy(logits, tgt[keep], reduction="sum") / self._denominator(tgt, num_items_in_batch)
-        return CausalLMOutputWithPast(loss=loss, logits=None)
+        per_token = F.cross_entropy(logits, tgt[keep], reduction="none")
+        return CausalLMOutputWithPast(loss=self._reduce(per_token, keep, tgt, num_items_in_batch), logits=None)
 
-    @staticmethod
-    def _denominator(tgt: torch.Tensor, num_items_in_batch: int | torch.Tensor | None) -> torch.Tensor:
+    def _reduce(self, per_token: torch.Tensor, keep: torch.Tensor, tgt: torch.Tensor,
+                num_items_in_batch: int | torch.Tensor | None) -> torch.Tensor:
+        """Token- or record-weighted mean of the answer-token losses (``loss_weighting``).
+
+        Record weighting returns the micro-batch's mean over records; the Trainer divides it
+        by the accumulation steps itself (``accepts_loss_kwargs`` is off in that mode).
+        """
+        if self.loss_weighting == "record":
+            counts = keep.sum(dim=1)
+            rows = keep.nonzero(as_tuple=True)[0]
+            weights = 1.0 / counts.clamp(min=1).to(per_token.dtype)[rows]
+            return (per_token * weights).sum() / (counts > 0).sum().clamp(min=1)
         if num_items_in_batch is not None:
-            return torch.as_tensor(num_items_in_batch, device=tgt.device).clamp(min=1)
-        return (tgt != -100).sum().clamp(min=1)
+            denom = torch.as_tensor(num_items_in_batch, device=tgt.device).clamp(min=1)
+        else:
+            denom = keep.sum().clamp(min=1)
+        return per_token.sum() / denom
+
+    def set_loss_weighting(self, mode: str) -> None:
+        """Switch the loss reduction before the Trainer is built (it reads accepts_loss_kwargs once)."""
+        if mode not in ("token", "record"):
+            raise ValueError(f"train.loss_weighting must be 'token' or 'record', got {mode!r}")
+        self.loss_weighting = mode
+        self.accepts_loss_kwargs = mode == "token"
 
     @torch.no_grad()
     def generate(
@@ -570,6 +594,39 @@ def save_trained(model: RecExplainer, tokenizer: Any, out_dir: str | Path) -> No
     os.replace(tmp_file, out / PROJECTORS_FILE)
 
 
+def saved_model_problem(out_dir: str | Path) -> str | None:
+    """The first missing or damaged file of the layout :func:`save_trained` writes (None = complete).
+
+    Checks adapter/ (config + safetensors) or model/ (config + every weight shard) and
+    projectors.pt at header level (:func:`src.utils.weight_file_problem`). WHY: a kill or a
+    full disk mid-save leaves a file that only fails deep inside peft/torch with a raw
+    error; this names the file first. The message starts with the file's path.
+    """
+    out = Path(out_dir)
+    adapter, full = out / "adapter", out / "model"
+    if adapter.is_dir():
+        files = [adapter / "adapter_config.json", adapter / "adapter_model.safetensors"]
+    elif full.is_dir():
+        files = [full / "config.json"]
+        index = full / "model.safetensors.index.json"
+        if index.is_file():
+            problem = weight_file_problem(index)
+            if problem:
+                return f"{index}: {problem}"
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).values()))
+            files += [full / s for s in shards]
+        else:
+            weights = sorted(full.glob("*.safetensors")) or sorted(full.glob("pytorch_model*.bin"))
+            files += weights or [full / "model.safetensors"]
+    else:
+        return f"{out}: neither adapter/ nor model/ (not written by src.train, or cut off before its weights)"
+    for f in [*files, out / PROJECTORS_FILE]:
+        problem = weight_file_problem(f)
+        if problem:
+            return f"{f}: {problem}"
+    return None
+
+
 def _check_saved_modules(lm: Any, adapter_dir: Path) -> None:
     """Every module of the adapter's modules_to_save has weights in the saved adapter."""
     names: set[str] = set()
@@ -622,20 +679,44 @@ def load_trained_lm(
     meta = read_json(out / META_FILE, what=f"trained {task_type} model (meta.json)")
     if not meta.get("done"):
         raise StageError(f"{out}: training of {task_type} did not finish (meta.json has no done=true); re-run src.train")
-    tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer")
+    rerun = (f"re-run python -m src.merge --task_type {task_type} --force" if merged
+             else f"re-run training with --force (python -m src.train --task_type {task_type} --force)")
+    path = out / PROJECTORS_FILE
+    if not path.is_file():
+        raise StageError(f"missing {path} (written by python -m src.train); {rerun}")
+    problem = saved_model_problem(out)
+    if problem:
+        raise StageError(f"{problem}: the saved {task_type} model is damaged or incomplete; {rerun}")
+    # header checks pass but the bytes may still be bad (flipped, or from another base model)
+    tokenizer = _load_saved(out / "tokenizer", rerun, AutoTokenizer.from_pretrained, out / "tokenizer")
     if meta.get("lora") and not merged:
         from peft import PeftModel
 
         base, _ = load_base(cfg)
         if base.get_input_embeddings().weight.shape[0] != len(tokenizer):
             raise StageError(f"{out}: saved tokenizer ({len(tokenizer)} tokens) does not match the base model")
-        lm = PeftModel.from_pretrained(base, out / "adapter")
+        lm = _load_saved(out / "adapter" / "adapter_model.safetensors", rerun,
+                         PeftModel.from_pretrained, base, out / "adapter")
     else:
-        lm = AutoModelForCausalLM.from_pretrained(out / "model", dtype=_dtype(cfg.llm.torch_dtype, str(out / "model")))
-    path = out / PROJECTORS_FILE
-    if not path.is_file():
-        raise StageError(f"missing {path} (written by python -m src.train)")
-    return lm, tokenizer, torch.load(path, map_location="cpu", weights_only=True)
+        lm = _load_saved(out / "model", rerun, AutoModelForCausalLM.from_pretrained, out / "model",
+                         dtype=_dtype(cfg.llm.torch_dtype, str(out / "model")))
+    state = _load_saved(path, rerun, torch.load, path, map_location="cpu", weights_only=True)
+    return lm, tokenizer, state
+
+
+def _load_saved(where: Path, rerun: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``; a failure is one StageError naming `where` and how to rebuild it.
+
+    WHY: a damaged file otherwise surfaces as a raw SafetensorError / UnpicklingError
+    traceback from deep inside peft or torch that names neither the file nor the fix.
+    """
+    try:
+        return fn(*args, **kwargs)
+    except (StageError, ConfigError):
+        raise
+    except Exception as e:  # SafetensorError, UnpicklingError, RuntimeError, OSError, ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise StageError(f"{where}: cannot load ({type(e).__name__}: {first}); if the file is damaged, {rerun}") from None
 
 
 def load_trained(

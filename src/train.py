@@ -5,7 +5,8 @@ LoRA (or the full model, ``llm.lora.enabled=false``) plus the two projectors wit
 ``Trainer`` and writes cfg.llm_dir/<T>/: adapter/ or model/, projectors.pt, tokenizer/,
 train_log.jsonl (one row per logging/eval step) and meta.json (done marker + numbers).
 Checkpoints under <T>/checkpoints/ hold only the trainable weights plus optimizer state;
-a killed run resumes from the last one. The same entry point runs on CPU, one GPU, or
+a killed run resumes from the newest complete one (a damaged one is set aside with a
+warning: see _last_checkpoint). The same entry point runs on CPU, one GPU, or
 many GPUs under ``accelerate launch`` with ``train.deepspeed=configs/deepspeed/zero2.json``
 (see shell/train.sh).
 """
@@ -16,6 +17,7 @@ import argparse
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -35,8 +37,9 @@ from src.model import (
     _load_encoder,
     build_model,
     save_trained,
+    saved_model_problem,
 )
-from src.utils import JsonlAppender, StageError, read_json, set_seed, setup_logging, write_json
+from src.utils import JsonlAppender, StageError, read_json, set_seed, setup_logging, weight_file_problem, write_json
 
 log = logging.getLogger("src.train")
 
@@ -217,10 +220,68 @@ def resolve_training_dtype(cfg: Config) -> Config:
     return cfg
 
 
-def _last_checkpoint(ckpt_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+#: where a damaged checkpoint is moved (the Trainer's rotation only sees ``checkpoint-*``)
+INCOMPLETE_PREFIX = "incomplete-"
 
-    return get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why Trainer checkpoint `ckpt` cannot be resumed from (None = complete).
+
+    The Trainer writes, in order: the weights (RecTrainer._save: adapter/ or model/,
+    projectors.pt, tokenizer/, training_args.bin), optimizer.pt + scheduler.pt (DeepSpeed:
+    global_step*/), rng_state*.pth, and trainer_state.json last, so a save killed midway
+    lacks trainer_state.json. Every file is still checked at header level, since a full
+    disk or a copy can also cut one short.
+    """
+    state = ckpt / "trainer_state.json"
+    problem = weight_file_problem(state)
+    if problem is None and not isinstance(read_json(state), dict):
+        problem = "not a JSON object"
+    if problem:
+        return f"{state}: {problem}"
+    problem = saved_model_problem(ckpt)
+    if problem:
+        return problem
+    deepspeed = any(p.is_dir() for p in ckpt.glob("global_step*"))
+    required = [] if deepspeed else [ckpt / "optimizer.pt", ckpt / "scheduler.pt"]
+    present = sorted(f for f in ckpt.iterdir() if f.is_file() and f.suffix in (".pt", ".pth", ".bin"))
+    for f in [*required, *(f for f in present if f not in required)]:
+        problem = weight_file_problem(f)
+        if problem:
+            return f"{f}: {problem}"
+    return None
+
+
+def _last_checkpoint(ckpt_dir: Path) -> str | None:
+    """The newest *complete* checkpoint under `ckpt_dir`, or None (train from scratch).
+
+    WHY: resuming the newest one blindly made a kill during a checkpoint save fail every
+    later re-run, although the previous checkpoint was intact. A damaged one is logged
+    (WARNING, naming the bad file) and, on the main process, moved aside to
+    ``incomplete-checkpoint-N`` so that the Trainer writes step N afresh instead of into
+    the leftovers (and its rotation never counts it).
+    """
+    if not ckpt_dir.is_dir():
+        return None
+    found = sorted(
+        (int(m.group(1)), p) for p in ckpt_dir.iterdir()
+        if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))
+    )
+    main_process = os.environ.get("RANK", "0") == "0"
+    for _, ckpt in reversed(found):
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            return str(ckpt)
+        aside = ckpt.with_name(INCOMPLETE_PREFIX + ckpt.name)
+        log.warning("checkpoint %s is incomplete or damaged (%s); falling back to an older one%s", ckpt, problem,
+                    f" (moved to {aside})" if main_process else "")
+        if main_process:
+            if aside.exists():
+                shutil.rmtree(aside)
+            os.replace(ckpt, aside)
+    if found:
+        log.warning("no complete checkpoint under %s; training starts from scratch", ckpt_dir)
+    return None
 
 
 def train(
@@ -247,12 +308,6 @@ def train(
     if meta_path.is_file() and read_json(meta_path).get("done") and not force:
         log.info("%s already trained (%s); use --force to redo", task_type, meta_path)
         return out
-    if force:
-        for p in (meta_path, out / "checkpoints", out / "train_log.jsonl"):
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
     set_seed(cfg.train.seed)
 
     train_path = cfg.tasks_dir / f"{task_type}_train.json"
@@ -268,9 +323,12 @@ def train(
     else:
         log.warning("no %s; training without evaluation", valid_path)
 
+    if cfg.train.loss_weighting not in ("token", "record"):
+        raise ConfigError(f"train.loss_weighting must be 'token' or 'record', got {cfg.train.loss_weighting!r}")
     cfg = resolve_training_dtype(cfg)
     enc = rec_encoder if rec_encoder is not None else _load_encoder(cfg, "cpu", required=True)
     model, tokenizer = build_model(cfg, enc)
+    model.set_loss_weighting(cfg.train.loss_weighting)
     if zero_projectors:
         for proj in (model.user_proj, model.item_proj):
             proj.zero_().requires_grad_(False)
@@ -288,6 +346,14 @@ def train(
     ckpt_dir = out / "checkpoints"
     extra = {"max_steps": max_steps} if max_steps else {}
     args = training_arguments(cfg, ckpt_dir, has_eval=eval_ds is not None, **extra)
+    if force:
+        # only now: the config, the task files, the base model and the recommender all
+        # loaded, so a bad setting under --force cannot cost the model that is there
+        for p in (meta_path, ckpt_dir, out / "train_log.jsonl"):
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
     RecTrainer, JsonlLogCallback = _trainer_classes()
     log_path = out / "train_log.jsonl"
     trainer = RecTrainer(

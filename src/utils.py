@@ -136,8 +136,13 @@ def read_json(path: str | Path, what: str = "") -> Any:
     path = Path(path)
     if not path.is_file():
         raise StageError(f"missing {what or 'file'}: {path}" + _hint(path))
+    data = path.read_bytes()
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        lineno = data.count(b"\n", 0, e.start) + 1
+        raise StageError(f"{path}:{lineno}: not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                         "re-save the file as UTF-8") from None
     except json.JSONDecodeError as e:
         raise StageError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
 
@@ -147,8 +152,15 @@ def iter_jsonl(path: str | Path, what: str = "") -> Iterator[dict]:
     path = Path(path)
     if not path.is_file():
         raise StageError(f"missing {what or 'file'}: {path}" + _hint(path))
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    # bytes, decoded line by line: a text-mode file decodes in chunks, so a bad byte would
+    # surface as a bare UnicodeDecodeError with no (or the wrong) line number
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise StageError(f"{path}:{lineno}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte "
+                                 f"{e.start + 1} of the line); re-save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
@@ -245,18 +257,76 @@ def timed(log: logging.Logger, what: str) -> Iterator[None]:
     log.info("%s took %.1fs", what, time.time() - t0)
 
 
+def hub_offline() -> bool:
+    """Whether the user asked huggingface_hub for offline mode (its own truthy spellings)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """Whether hub model `repo_id` has a config.json in the local Hugging Face cache."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # a malformed id or an unreadable cache: let from_pretrained say why
+        return True
+
+
 def model_dir_or_hub_id(cfg: Any, name: str, key: str, hint: str) -> str:
     """A local model directory for config value `name` (key `key`), or `name` as a hub id.
 
-    Paths that look local (``models/...``, absolute, ``./``) or any name while offline must
-    exist; the error names the key and how to get the model (`hint`).
+    Paths that look local (``models/...``, absolute, ``./``) must exist; the error names the
+    key and how to get the model (`hint`). A hub id is handed to from_pretrained, which
+    downloads it or, under ``HF_HUB_OFFLINE=1``, reads the Hugging Face cache: offline, an id
+    that is not cached is refused here with a message saying so (not the raw hub error).
     """
     path = cfg.resolve_model(name)
     if path.is_dir():
         return str(path)
-    if name.startswith(("models/", "/", ".")) or os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise StageError(f"{key}: no model directory at {path} ({hint})")
+    offline = hub_offline()
+    if name.startswith(("models/", "/", ".")):
+        note = "; HF_HUB_OFFLINE is set, so a hub id would load only from the local Hugging Face cache" if offline else ""
+        raise StageError(f"{key}: no model directory at {path} ({hint}){note}")
+    if offline and not _in_hub_cache(name):
+        raise StageError(
+            f"{key}: {name!r} is neither a model directory ({path}) nor in the local Hugging Face cache, and "
+            f"HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE')} forbids downloading it; unset HF_HUB_OFFLINE "
+            f"to download it once, or set {key} to a local model directory"
+        )
     return name
+
+
+def weight_file_problem(path: str | Path) -> str | None:
+    """Why a saved weight/state file cannot be read (None = it looks complete).
+
+    Cheap, header-level checks, so validating a 7B checkpoint costs milliseconds: a
+    ``.safetensors`` header must parse and cover the whole file (a truncated file fails
+    that), a torch file (``.pt``/``.pth``/``.bin``, zip format since torch 1.6) must have its
+    zip central directory (written last, so a cut-off save lacks it), a ``.json`` must parse.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return "missing"
+    if path.stat().st_size == 0:
+        return "empty (0 bytes)"
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as st:
+                st.keys()
+        elif suffix in (".pt", ".pth", ".bin"):
+            import zipfile
+
+            with zipfile.ZipFile(path) as z:
+                if not z.namelist():
+                    return "an empty torch archive"
+        elif suffix == ".json":
+            json.loads(path.read_bytes().decode("utf-8"))
+    except Exception as e:  # SafetensorError, BadZipFile, JSONDecodeError, UnicodeDecodeError, OSError
+        return f"unreadable ({type(e).__name__}: {e})"
+    return None
 
 
 def resolve_device(name: str = "auto") -> str:

@@ -140,3 +140,53 @@ def test_model_paths_follow_paths_models_dir(tmp_path):
     assert cfg.resolve_model("models/all-minilm-l6-v2") == tmp_path / "m" / "all-minilm-l6-v2"
     assert cfg.resolve_model("/abs/model") == __import__("pathlib").Path("/abs/model")
     assert cfg.resolve_model("other/dir").name == "dir"
+
+
+@pytest.mark.parametrize(
+    ("override", "expect"),
+    [
+        ("train.epochs=0", "train.epochs must be > 0"),
+        ("train.per_device_batch_size=0", "train.per_device_batch_size must be >= 1"),
+        ("eval.num_beams=0", "eval.num_beams must be >= 1"),
+        ("eval.batch_size=0", "eval.batch_size must be >= 1"),
+        ("explain.batch_size=0", "explain.batch_size must be >= 1"),
+        ("train.max_train_samples=-1", "train.max_train_samples must be >= 0 (0 = all), got -1"),
+        ("train.max_eval_samples=-3", "train.max_eval_samples must be >= 0"),
+        ("eval.max_samples=-5", "eval.max_samples must be >= 0 (0 = all), got -5"),
+        ("explain.max_samples=-1", "explain.max_samples must be >= 0"),
+        ("explain.judge_max_samples=-1", "explain.judge_max_samples must be >= 0"),
+        ("eval.max_samples_per_mode={uid2next: -2}", "eval.max_samples_per_mode.uid2next must be >= 0"),
+        ("api.max_concurrency=0", "api.max_concurrency must be >= 1"),
+        ("api.timeout_s=0", "api.timeout_s must be > 0"),
+        ("recmodel.batch_size=0", "recmodel.batch_size must be >= 1"),
+        ("data_gen.explan_valid_users=-1", "data_gen.explan_valid_users must be >= 0"),
+        ("discriminator.per_method=0", "discriminator.per_method must be >= 1"),
+    ],
+)
+def test_degenerate_values_are_one_config_error_naming_the_key(override: str, expect: str) -> None:
+    with pytest.raises(ConfigError) as ei:
+        load_config("configs/tiny.yaml", [override])
+    msg = str(ei.value)
+    assert expect in msg and msg.startswith("configs/tiny.yaml: ") and msg.endswith("(set by --set)"), msg
+    assert "\n" not in msg
+
+
+def test_range_error_names_the_base_file_that_set_it(tmp_path: Path) -> None:
+    base = _write(tmp_path / "base.yaml", f"base: {REPO_ROOT / 'configs/tiny.yaml'}\neval:\n  num_beams: 0\n")
+    child = _write(tmp_path / "child.yaml", "base: base.yaml\n")
+    with pytest.raises(ConfigError, match=r"child\.yaml: eval\.num_beams must be >= 1, got 0 \(set in base config .*base\.yaml\)"):
+        load_config(child)
+    with pytest.raises(ConfigError, match=r"base\.yaml: eval\.num_beams must be >= 1, got 0$"):
+        load_config(base)
+    # the bounds admit every shipped value and the documented "0 = all/off" settings
+    cfg = load_config("configs/tiny.yaml", ["train.epochs=0.5", "train.max_train_samples=0", "eval.max_samples=0",
+                                            "dataset.min_seq_len=0", "recmodel.num_layers=0"])
+    assert cfg.train.epochs == 0.5
+
+
+@pytest.mark.parametrize("raw", ["train.lr=[1,", "explain.aspect=: x: y", "pipeline.train_types={a"])
+def test_unparseable_set_value_is_a_config_error(raw: str) -> None:
+    with pytest.raises(ConfigError) as ei:
+        load_config("configs/tiny.yaml", [raw])
+    msg = str(ei.value)
+    assert msg.startswith(f"override '{raw}': the value ") and "not valid YAML" in msg and "\n" not in msg, msg

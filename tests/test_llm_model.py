@@ -96,6 +96,33 @@ def test_answer_position_loss_equals_full_logits_loss(setup):
     torch.testing.assert_close(scaled, fast / 2, rtol=1e-5, atol=1e-6)
 
 
+def test_record_weighting_is_the_mean_of_per_record_means(setup):
+    cfg, enc, model, tok, recs = setup
+    batch = _train_batch(cfg, tok, recs)
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[:, :-1]
+        per_record = [torch.nn.functional.cross_entropy(logits[i], batch["labels"][i, 1:], ignore_index=-100)
+                      for i in range(logits.shape[0])]
+        want = torch.stack(per_record).mean()
+        try:
+            model.set_loss_weighting("record")
+            assert model.accepts_loss_kwargs is False  # the Trainer then divides by accumulation itself
+            fast = model(**batch).loss
+            full = model(**batch, full_logits=True).loss
+            ignored = model(**batch, num_items_in_batch=1000).loss
+        finally:
+            model.set_loss_weighting("token")
+    assert model.accepts_loss_kwargs is True
+    lengths = (batch["labels"][:, 1:] != -100).sum(1)
+    assert lengths.min() < lengths.max()  # records of different answer lengths: the modes differ
+    torch.testing.assert_close(fast, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(full, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ignored, want, rtol=1e-5, atol=1e-5)
+    assert not torch.isclose(fast, model(**batch).loss)
+    with pytest.raises(ValueError, match="token' or 'record"):
+        model.set_loss_weighting("sample")
+
+
 def test_gradients_reach_projectors_and_lora_not_recommender(setup):
     cfg, enc, model, tok, recs = setup
     batch = _train_batch(cfg, tok, recs)
