@@ -415,6 +415,13 @@ def alignment_curve(cfg: Config) -> Path | None:
     return out
 
 
+def write_report(cfg: Config, split: str = "valid") -> Path:
+    """tables/REPORT.md: every table and figure present, and three case studies (src.report_md)."""
+    from src.report_md import write_report_md
+
+    return write_report_md(cfg, split)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
@@ -429,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         if curve is not None:
             print(f"Alignment learning curve: {curve}\n")
         print(other_tables(cfg))
+        print(f"Report page: {write_report(cfg, args.split)}\n")
         log.info("wrote %s", cfg.tables_dir)
 
     return run_stage(body)
