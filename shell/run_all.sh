@@ -2,7 +2,9 @@
 # The main job: every stage of the paper, in order, on one config.
 #
 #   bash shell/run_all.sh [configs/X.yaml] [--profile long|full] [--from STAGE] [--only STAGE]
-#                         [--force] [--set key=value ...]   (passed to every stage)
+#                         [--nproc N] [--force] [--set key=value ...]   (passed to every stage)
+#
+# --nproc N: training processes of the train_* stages only (shell/train.sh; same as NPROC=N).
 #
 # Default: configs/ml100k.yaml (MovieLens-100K + SASRec + SmolLM2-135M-Instruct on CPU,
 # about an hour on 2 cores). `--profile long` swaps in configs/<name>_long.yaml (3.5x the
@@ -20,7 +22,9 @@ while [ $# -gt 0 ]; do
     --profile) PROFILE="$2"; shift 2 ;;
     --from) FROM="$2"; shift 2 ;;
     --only) ONLY="$2"; shift 2 ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    --nproc) export NPROC="$2"; shift 2 ;;  # read by shell/train.sh only
+    --nproc=*) export NPROC="${1#--nproc=}"; shift ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) POS+=("$1"); shift ;;
   esac
 done

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from src.chat import (
@@ -388,13 +389,23 @@ def next_token_logprobs(model: Any, batch: dict[str, torch.Tensor]) -> torch.Ten
     mask = batch["attention_mask"].to(dev)
     pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
     if hasattr(model, "embed_inputs"):
-        embeds = model.embed_inputs(ids, batch["user_histories"].to(dev), batch["item_ids"].to(dev))
-        out = model.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=1)
+        inputs = {"inputs_embeds": model.embed_inputs(ids, batch["user_histories"].to(dev), batch["item_ids"].to(dev))}
+        lm, plain_head = model.causal_lm(), model._uses_plain_head()
     else:
         if batch["user_histories"].numel() or batch["item_ids"].numel():
             raise StageError("records with <user>/<item> markers need a RecExplainer model (src.model.load_trained)")
-        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=1)
-    return torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+        inputs, lm, plain_head = {"input_ids": ids}, model, False
+    if not plain_head:
+        out = lm(**inputs, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=1)
+        return torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+    # WHY float32 here: in bf16 (weights or autocast) logits of magnitude 16-32 are rounded to
+    # steps of 0.125, so an uncertain model's Yes and No often tie exactly and a tie reads as
+    # "Yes"; the head on one position per row costs nothing in float32
+    hidden = lm.get_decoder()(**inputs, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state[:, -1]
+    head = lm.get_output_embeddings()
+    with torch.autocast(dev.type, enabled=False):
+        logits = F.linear(hidden.float(), head.weight.float(), None if head.bias is None else head.bias.float())
+    return torch.log_softmax(logits, dim=-1)
 
 
 def score_yes_no(

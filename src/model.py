@@ -266,6 +266,12 @@ class RecExplainer(nn.Module):
     #: outweighs a Yes/No answer ~25 to 1) or "record" (each record's mean token loss, then
     #: the mean over records: every task record weighs the same); see train.loss_weighting
     loss_weighting = "token"
+    #: give a projector that a micro-batch does not use an exact zero gradient (instead of
+    #: none). src.train sets it under DeepSpeed: ZeRO-2 reduces gradients in buckets as their
+    #: hooks fire and needs the same parameters to get one on every rank; a rank whose batch
+    #: had no <item> while another's had one stopped gloo with "Received data size doesn't
+    #: match expected size" (NCCL would hang). DDP copes on its own (find_unused_parameters).
+    touch_unused_projectors = False
     main_input_name = "input_ids"
 
     def __init__(self, lm: nn.Module, tokenizer: Any, rec_encoder: RecEncoder | None, rec_dim: int | None = None):
@@ -376,7 +382,13 @@ class RecExplainer(nn.Module):
                 i = self.encoder.encode_items(item_ids.to(self._encoder_device()))
             item_vecs = self.item_proj(i.detach().to(self.device, proj_dtype))
         embeds = self._inject(embeds, user_mask, user_vecs, USER_TOKEN)
-        return self._inject(embeds, item_mask, item_vecs, ITEM_TOKEN)
+        embeds = self._inject(embeds, item_mask, item_vecs, ITEM_TOKEN)
+        if self.touch_unused_projectors and torch.is_grad_enabled():
+            for proj, vecs in ((self.user_proj, user_vecs), (self.item_proj, item_vecs)):
+                params = [p for p in proj.parameters() if p.requires_grad] if vecs is None else []
+                if params:
+                    embeds = embeds + 0.0 * sum(p.reshape(-1)[0] for p in params).to(embeds.dtype)
+        return embeds
 
     # ------------------------------------------------------------------ forward
     def _uses_plain_head(self) -> bool:

@@ -171,6 +171,14 @@ def training_arguments(cfg: Config, output_dir: Path, has_eval: bool, **extra: A
         optim="adamw_torch",
         # without a GPU: say so, which is what lets bf16 autocast (and gloo) run on a CPU
         use_cpu=not torch.cuda.is_available(),
+        # Under N processes (DDP): the projectors (and, in batches without markers, one of
+        # them) take no part in some forwards - the behaviour variant never feeds them - so
+        # DDP must look for unused parameters or it stops with "Expected to have finished
+        # reduction". Non-reentrant activation checkpointing (RecExplainer) allows it.
+        ddp_find_unused_parameters=True,
+        # rank 0 runs the learning-curve probes (src.probe) alone while the others wait in
+        # the next collective; a probe of a real model takes minutes, so allow hours
+        ddp_timeout=4 * 3600,
     )
     if t.deepspeed:
         ds = cfg.resolve(t.deepspeed)
@@ -346,14 +354,23 @@ def train(
     ckpt_dir = out / "checkpoints"
     extra = {"max_steps": max_steps} if max_steps else {}
     args = training_arguments(cfg, ckpt_dir, has_eval=eval_ds is not None, **extra)
+    world = max(1, args.world_size)
+    effective = args.per_device_train_batch_size * world * args.gradient_accumulation_steps
+    if args.process_index == 0:
+        log.info("effective batch %d = %d per device x %d process(es) x %d accumulation steps (%s)", effective,
+                 args.per_device_train_batch_size, world, args.gradient_accumulation_steps, args.parallel_mode.value)
     if force:
         # only now: the config, the task files, the base model and the recommender all
-        # loaded, so a bad setting under --force cannot cost the model that is there
-        for p in (meta_path, ckpt_dir, out / "train_log.jsonl"):
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+        # loaded, so a bad setting under --force cannot cost the model that is there.
+        # Under N processes rank 0 deletes while the others wait (no two rmtree races).
+        with args.main_process_first(local=False, desc="--force cleanup"):
+            if args.process_index == 0:
+                for p in (meta_path, ckpt_dir, out / "train_log.jsonl"):
+                    if p.is_dir():
+                        shutil.rmtree(p)
+                    elif p.exists():
+                        p.unlink()
+    model.touch_unused_projectors = bool(args.deepspeed)  # ZeRO-2: same gradients on every rank
     RecTrainer, JsonlLogCallback = _trainer_classes()
     log_path = out / "train_log.jsonl"
     trainer = RecTrainer(
@@ -375,7 +392,8 @@ def train(
             trainer.add_callback(probe_callback(cfg, tokenizer, probes, out))
         else:
             log.warning("train.probe_points is set but %s has none of the probed modes", valid_path)
-    resume = _last_checkpoint(ckpt_dir)
+    with args.main_process_first(local=False, desc="checkpoint scan"):
+        resume = _last_checkpoint(ckpt_dir)  # rank 0 first: it moves a damaged one aside
     tokens_before = 0
     if resume:
         log.info("resuming from %s", resume)
@@ -408,6 +426,8 @@ def train(
             "n_truncated": train_ds.n_truncated + (eval_ds.n_truncated if eval_ds else 0),
             "n_dropped": train_ds.n_dropped + (eval_ds.n_dropped if eval_ds else 0),
             "trainable_params": n_train,
+            "world_size": world,
+            "effective_batch_size": effective,
             "global_step": steps_done,
             "resumed_from": resume,
             "train_runtime_s": round(wall, 2),

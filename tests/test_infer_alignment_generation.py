@@ -99,6 +99,25 @@ def test_yes_no_scores_match_an_unpadded_forward(env):
         assert g["pred"] == ("Yes" if g["logp_yes"] >= g["logp_no"] else "No")
 
 
+def test_yes_no_head_runs_in_float32_under_bf16_weights(env):
+    """bf16 logits move in steps of 0.125 at magnitude 16-32: the scorer must not round them."""
+    import copy
+
+    recs = [r for r in env.text + env.emb if r["type"] == "uidiid2binary"][:4]
+    model = copy.deepcopy(env.model).to(torch.bfloat16)
+    got = score_yes_no(model, env.tok, recs, env.cfg, batch_size=4)
+    yes, no = yes_no_token_ids(env.tok, env.cfg)
+    lm = model.causal_lm()
+    for rec, g in zip(recs, got):
+        b = collate(env.tok, [rec], env.cfg, 250)
+        with torch.no_grad():
+            emb = model.embed_inputs(b["input_ids"], b["user_histories"], b["item_ids"])
+            h = lm.get_decoder()(inputs_embeds=emb, attention_mask=b["attention_mask"]).last_hidden_state[0, -1]
+            want = torch.log_softmax(h.float() @ lm.get_output_embeddings().weight.float().T, -1)
+        assert g["logp_yes"] == pytest.approx(float(want[yes]), abs=1e-4)
+        assert g["logp_no"] == pytest.approx(float(want[no]), abs=1e-4)
+
+
 class _ScriptedLM(nn.Module):
     """An LM whose next-token scores favour "Yes" on prompts of even length, "No" otherwise."""
 
