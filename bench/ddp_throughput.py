@@ -35,7 +35,7 @@ SMOLLM = "models/smollm2-135m-instruct"
 
 
 def _cfg(args: argparse.Namespace, root: Path, batch: int):
-    from src.config import load_config
+    from core.config import load_config
 
     model = args.model or (SMOLLM if (REPO / SMOLLM / "config.json").is_file() else "tiny")
     config = args.config or ("configs/tiny.yaml" if model == "tiny" else "configs/ml100k.yaml")
@@ -52,7 +52,7 @@ def worker(args: argparse.Namespace) -> int:
 
     from bench.train_throughput import RandomEncoder
     from src.train import train
-    from src.utils import setup_logging
+    from core.utils import setup_logging
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     setup_logging()
@@ -84,7 +84,7 @@ def main() -> int:
 
     from bench.train_throughput import synthetic_records
     from src.model import base_model_path
-    from src.utils import read_json
+    from core.utils import read_json
 
     root = Path(tempfile.mkdtemp(prefix="ddp_bench."))
     cfg = _cfg(args, root, args.batch)

@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from src.config import load_config  # noqa: E402
+from core.config import load_config  # noqa: E402
 from src.model import base_model_path, build_model, load_base  # noqa: E402
 from src.precision import _time_layer  # noqa: E402
 

@@ -31,8 +31,8 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
-from src.config import ConfigError, load_config  # noqa: E402
-from src.utils import StageError, resolve_device, set_seed, setup_logging  # noqa: E402
+from core.config import ConfigError, load_config  # noqa: E402
+from core.utils import StageError, resolve_device, set_seed, setup_logging  # noqa: E402
 
 log = logging.getLogger("bench.infer_throughput")
 

@@ -39,8 +39,8 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 
 from recmodel.train import fit  # noqa: E402
-from src.config import ConfigError, load_config  # noqa: E402
-from src.utils import StageError, setup_logging  # noqa: E402
+from core.config import ConfigError, load_config  # noqa: E402
+from core.utils import StageError, setup_logging  # noqa: E402
 
 log = logging.getLogger("bench.recmodel")
 

@@ -36,10 +36,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from src.config import Config, load_config  # noqa: E402
+from core.config import Config, load_config  # noqa: E402
 from src.data import TaskCollator, TaskDataset, load_task_records, subsample  # noqa: E402
 from src.model import _load_encoder, build_model  # noqa: E402
-from src.utils import set_seed  # noqa: E402
+from core.utils import set_seed  # noqa: E402
 
 log = logging.getLogger("bench.train_throughput")
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from src.config import add_config_args, config_from_args
-from src.utils import run_stage
+from core.config import add_config_args, config_from_args
+from core.utils import run_stage
 
 
 def main(argv: list[str] | None = None) -> int:

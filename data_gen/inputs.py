@@ -21,7 +21,7 @@ from typing import Any, Iterator
 from tqdm import tqdm
 
 from data_gen.templates import ITEM_TOKEN, USER_TOKEN
-from src.utils import StageError, iter_jsonl, read_json
+from core.utils import StageError, iter_jsonl, read_json
 
 #: strings the LLM's tokenizer turns into recommender-embedding markers
 MARKERS = (USER_TOKEN, ITEM_TOKEN)

@@ -49,8 +49,8 @@ from data_gen.generate import (
     item_samples, per_user_cap, summary_samples, user_samples,
 )
 from data_gen.inputs import TopRow, load_canonical_data, load_item_sim, load_sharegpt, load_top
-from src.config import Config, ConfigError
-from src.utils import StageError, atomic_open, sha256_file
+from core.config import Config, ConfigError
+from core.utils import StageError, atomic_open, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +92,9 @@ def fetch_summaries(cfg: Config, users: list[tuple[int, tuple[int, ...], tuple[i
         log.info(notes[-1])
         return None
     try:
-        from src.api_client import ChatClient
+        from core.api_client import ChatClient
     except ImportError as e:
-        notes.append(f"uid2summary skipped: src.api_client not importable ({e})")
+        notes.append(f"uid2summary skipped: core.api_client not importable ({e})")
         log.info(notes[-1])
         return None
     if not ChatClient.available(cfg):

@@ -33,15 +33,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from src.config import Config, ConfigError, add_config_args, config_from_args
+from core.config import Config, ConfigError, add_config_args, config_from_args
 from src.infer_explan import explain_file, method_display
-from src.utils import StageError, iter_jsonl, read_json, run_stage, sha256_file, write_json, write_jsonl
+from core.utils import StageError, iter_jsonl, read_json, run_stage, sha256_file, write_json, write_jsonl
 
 log = logging.getLogger("discriminator.data_gen")
 
 
 def data_dir(cfg: Config) -> Path:
-    # not "data": src.utils names the preprocess stage for a missing file under any "data" folder
+    # not "data": core.utils names the preprocess stage for a missing file under any "data" folder
     return cfg.discriminator_dir / "datasets"
 
 

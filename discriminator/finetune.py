@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from src.config import Config
-from src.utils import StageError, model_dir_or_hub_id, resolve_device, set_seed
+from core.config import Config
+from core.utils import StageError, model_dir_or_hub_id, resolve_device, set_seed
 
 log = logging.getLogger(__name__)
 

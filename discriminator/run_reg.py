@@ -27,9 +27,9 @@ import numpy as np
 
 from discriminator.data_gen import data_dir, data_fingerprint
 from discriminator.finetune import fine_tune_predict
-from src.config import Config, add_config_args, config_from_args
+from core.config import Config, add_config_args, config_from_args
 from src.infer_explan import METHOD_ORDER
-from src.utils import StageError, read_json, read_jsonl, run_stage, write_json, write_jsonl, write_text
+from core.utils import StageError, read_json, read_jsonl, run_stage, write_json, write_jsonl, write_text
 
 log = logging.getLogger("discriminator.run_reg")
 

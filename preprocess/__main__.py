@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from src.config import add_config_args, config_from_args
-from src.utils import run_stage, set_seed
+from core.config import add_config_args, config_from_args
+from core.utils import run_stage, set_seed
 
 from .build import preprocess
 

@@ -12,8 +12,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from src.config import Config
-from src.utils import StageError, atomic_open, read_json, sha256_file, write_json, write_jsonl, write_text
+from core.config import Config
+from core.utils import StageError, atomic_open, read_json, sha256_file, write_json, write_jsonl, write_text
 
 from .dataset import DATASET_JSON, ITEMS, SEQUENCES, STATS_MD, canonical_paths, sequence_stats, stats_table
 from .pipeline import run_filters

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from src.config import Config
-from src.utils import StageError, read_json
+from core.config import Config
+from core.utils import StageError, read_json
 
 SEQUENCES = "sequences.txt"
 ITEMS = "items.jsonl"

@@ -39,8 +39,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from src.config import REPO_ROOT, Config, ConfigError, add_config_args, config_from_args
-from src.utils import StageError, read_json, setup_logging, sha256_file, write_json
+from core.config import REPO_ROOT, Config, ConfigError, add_config_args, config_from_args
+from core.utils import StageError, read_json, setup_logging, sha256_file, write_json
 
 from .readers import parse_record, raw_paths
 

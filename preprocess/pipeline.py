@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from src.config import DatasetConfig
-from src.utils import StageError
+from core.config import DatasetConfig
+from core.utils import StageError
 
 from .readers import RawData
 

@@ -35,8 +35,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from src.config import Config
-from src.utils import StageError
+from core.config import Config
+from core.utils import StageError
 
 log = logging.getLogger(__name__)
 

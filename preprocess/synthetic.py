@@ -20,8 +20,8 @@ import random
 import sys
 from pathlib import Path
 
-from src.config import Config, add_config_args, config_from_args
-from src.utils import StageError, atomic_open, run_stage
+from core.config import Config, add_config_args, config_from_args
+from core.utils import StageError, atomic_open, run_stage
 
 log = logging.getLogger(__name__)
 

@@ -44,8 +44,8 @@ from recmodel.encoder import load_model_file
 from recmodel.kd import train_student
 from recmodel.models import TwoTower, mask_history_
 from recmodel.train import validate_recmodel_config
-from src.config import ConfigError, add_config_args, config_from_args
-from src.utils import StageError, read_jsonl, resolve_device, setup_logging, write_json
+from core.config import ConfigError, add_config_args, config_from_args
+from core.utils import StageError, read_jsonl, resolve_device, setup_logging, write_json
 
 log = logging.getLogger("recmodel.baselines")
 

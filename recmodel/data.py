@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from src.utils import StageError
+from core.utils import StageError
 
 #: a user needs one train item (the first history), a valid target and a test target
 MIN_SEQ_LEN = 3

@@ -27,7 +27,7 @@ from torch import nn
 
 from recmodel.data import realign_right
 from recmodel.models import TwoTower, build_model
-from src.utils import StageError, atomic_open, resolve_device
+from core.utils import StageError, atomic_open, resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -43,8 +43,8 @@ from recmodel.data import RecData, load_rec_data, padded_full, right_aligned
 from recmodel.encoder import RecEncoder, load_rec_encoder
 from recmodel.models import mask_history_
 from recmodel.train import validate_recmodel_config
-from src.config import ConfigError, add_config_args, config_from_args
-from src.utils import StageError, setup_logging, write_json, write_jsonl
+from core.config import ConfigError, add_config_args, config_from_args
+from core.utils import StageError, setup_logging, write_json, write_jsonl
 
 log = logging.getLogger("recmodel.infer")
 

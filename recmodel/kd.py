@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 from recmodel.data import RecData, train_windows
 from recmodel.encoder import save_model_file
 from recmodel.models import SASRec, TwoTower
-from src.config import ConfigError
-from src.utils import set_seed
+from core.config import ConfigError
+from core.utils import set_seed
 
 log = logging.getLogger(__name__)
 

@@ -42,8 +42,8 @@ from tqdm.auto import tqdm
 from recmodel.data import RecData, load_rec_data, padded_full, right_aligned, train_windows
 from recmodel.encoder import save_model_file
 from recmodel.models import ARCH_KEYS, LOSSES, MODELS, TwoTower, build_model, mask_history_, next_item_loss
-from src.config import ConfigError, add_config_args, config_from_args
-from src.utils import StageError, atomic_open, read_json, resolve_device, set_seed, setup_logging, write_json
+from core.config import ConfigError, add_config_args, config_from_args
+from core.utils import StageError, atomic_open, read_json, resolve_device, set_seed, setup_logging, write_json
 
 log = logging.getLogger("recmodel.train")
 

@@ -43,8 +43,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from src.config import Config, ConfigError, add_config_args, config_from_args
-from src.utils import StageError, atomic_open, read_json, resolve_device, run_stage, sha256_file, write_json
+from core.config import Config, ConfigError, add_config_args, config_from_args
+from core.utils import StageError, atomic_open, read_json, resolve_device, run_stage, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 

@@ -57,7 +57,7 @@ Whose history: ``--user UID`` takes the user's sequence before the position name
                    "binary_question": str, "question": str, "explanation": str}, ...]
     }
 
-Bad input stops with one ``error: ...`` line and exit status 2 (src.utils.run_stage): an
+Bad input stops with one ``error: ...`` line and exit status 2 (core.utils.run_stage): an
 unknown user id or item id, a title that matches no item (the closest titles are
 suggested), a method whose model is not trained yet (the command that trains it is named).
 """
@@ -75,8 +75,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from src.config import Config, ConfigError, add_config_args, config_from_args
-from src.utils import StageError, resolve_device, run_stage, set_seed, setup_logging
+from core.config import Config, ConfigError, add_config_args, config_from_args
+from core.utils import StageError, resolve_device, run_stage, set_seed, setup_logging
 
 log = logging.getLogger("src.case_study")
 

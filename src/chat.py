@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from src.config import Config, ConfigError
-from src.utils import StageError
+from core.config import Config, ConfigError
+from core.utils import StageError
 
 log = logging.getLogger(__name__)
 

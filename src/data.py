@@ -20,8 +20,8 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from src.chat import check_messages, encode_conversation, encode_example, marker_ids, marker_inputs, pad_markers
-from src.config import Config, ConfigError
-from src.utils import StageError, read_json
+from core.config import Config, ConfigError
+from core.utils import StageError, read_json
 
 log = logging.getLogger(__name__)
 

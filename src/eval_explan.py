@@ -8,7 +8,7 @@ For every method (default: every ``explain/<method>_<split>.jsonl`` present) the
 the paper used 500), then:
 
 * the **deterministic decision check** (first yes/no phrase vs label) is always computed;
-* the **LLM judge** (Appendix A prompt, through :class:`src.api_client.ChatClient`) runs
+* the **LLM judge** (Appendix A prompt, through :class:`core.api_client.ChatClient`) runs
   when an endpoint is configured. Judged rows are cached in ``judge/<method>.jsonl`` keyed
   by sample id and explanation hash, and every request is in the API disk cache, so a
   re-run sends nothing. Without an endpoint the judge is reported as skipped and the
@@ -27,8 +27,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from src.api_client import ChatClient
-from src.config import Config, ConfigError, add_config_args, config_from_args
+from core.api_client import ChatClient
+from core.config import Config, ConfigError, add_config_args, config_from_args
 from src.infer_explan import METHOD_ORDER, explain_file, method_display
 from src.judge import (
     decision_summary,
@@ -38,7 +38,7 @@ from src.judge import (
     normalise_label,
     rating_summary,
 )
-from src.utils import JsonlAppender, StageError, iter_jsonl, run_stage, write_json, write_text
+from core.utils import JsonlAppender, StageError, iter_jsonl, run_stage, write_json, write_text
 
 log = logging.getLogger("src.eval_explan")
 

@@ -46,9 +46,9 @@ from src.chat import (
     marker_inputs,
     pad_markers,
 )
-from src.config import Config
+from core.config import Config
 from src.metrics import yes_no_decision
-from src.utils import StageError
+from core.utils import StageError
 
 log = logging.getLogger(__name__)
 

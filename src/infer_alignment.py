@@ -36,9 +36,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from src.config import Config, ConfigError, add_config_args, config_from_args
+from core.config import Config, ConfigError, add_config_args, config_from_args
 from src.metrics import MODE_METRICS, compute_metrics, parse_ranked_titles
-from src.utils import JsonlAppender, StageError, read_json, resolve_device, run_stage, set_seed, write_json
+from core.utils import JsonlAppender, StageError, read_json, resolve_device, run_stage, set_seed, write_json
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +312,7 @@ def evaluate(
     """Run one (method, inference mode) evaluation; return its metrics (None if skipped).
 
     `loaded` = (model, tokenizer) bypasses src.model.load_trained (tests, benchmarks);
-    `client` bypasses the construction of src.api_client.ChatClient. `method` replaces the
+    `client` bypasses the construction of core.api_client.ChatClient. `method` replaces the
     output folder name under eval/ (src.ablation: ``ablation/<variant>`` with `loaded`
     holding that variant's model).
     """
@@ -342,7 +342,7 @@ def evaluate(
             return done
 
     if use_api:
-        from src.api_client import ChatClient
+        from core.api_client import ChatClient
 
         if client is None:
             if not ChatClient.available(cfg):

@@ -8,7 +8,7 @@
   behaviour-form prompts (``explan_none_*``). Greedy decoding, at most ``explain.max_new_tokens``
   and at least ``explain.min_new_tokens`` new tokens (the original: 500 / 150), batched with
   ``src.generation.generate_texts``.
-* ``chatgpt``: any API model through :class:`src.api_client.ChatClient` on
+* ``chatgpt``: any API model through :class:`core.api_client.ChatClient` on
   ``tasks/explan_chatgpt_<split>.csv`` (model: ``explain.chatgpt_model``, else the
   endpoint's); needs a configured endpoint (or cached answers).
 * ``--aspect`` (controllable explanations, paper 3.5.2) appends
@@ -33,8 +33,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from src.config import Config, ConfigError, add_config_args, config_from_args
-from src.utils import JsonlAppender, StageError, read_json, resolve_device, run_stage, set_seed
+from core.config import Config, ConfigError, add_config_args, config_from_args
+from core.utils import JsonlAppender, StageError, read_json, resolve_device, run_stage, set_seed
 
 log = logging.getLogger("src.infer_explan")
 
@@ -255,7 +255,7 @@ def _run_model(
 def _run_api(
     cfg: Config, todo: list[dict], app: JsonlAppender, split: str, ctx: _Context, aspect: str, environ: Any,
 ) -> None:
-    from src.api_client import ChatClient
+    from core.api_client import ChatClient
 
     client = ChatClient(cfg, environ=environ)
     model = cfg.explain.chatgpt_model or client.model

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from src.config import Config, ConfigError, add_config_args, config_from_args
+from core.config import Config, ConfigError, add_config_args, config_from_args
 from src.model import META_FILE, PROJECTORS_FILE, TASK_TYPES, load_trained_lm
-from src.utils import StageError, read_json, setup_logging, write_json
+from core.utils import StageError, read_json, setup_logging, write_json
 
 log = logging.getLogger("src.merge")
 

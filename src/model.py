@@ -39,8 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.chat import ITEM_TOKEN, MARKER_TOKENS, USER_TOKEN, marker_ids
-from src.config import Config, ConfigError
-from src.utils import StageError, model_dir_or_hub_id, read_json, weight_file_problem
+from core.config import Config, ConfigError
+from core.utils import StageError, model_dir_or_hub_id, read_json, weight_file_problem
 
 log = logging.getLogger(__name__)
 
@@ -610,7 +610,7 @@ def saved_model_problem(out_dir: str | Path) -> str | None:
     """The first missing or damaged file of the layout :func:`save_trained` writes (None = complete).
 
     Checks adapter/ (config + safetensors) or model/ (config + every weight shard) and
-    projectors.pt at header level (:func:`src.utils.weight_file_problem`). WHY: a kill or a
+    projectors.pt at header level (:func:`core.utils.weight_file_problem`). WHY: a kill or a
     full disk mid-save leaves a file that only fails deep inside peft/torch with a raw
     error; this names the file first. The message starts with the file's path.
     """

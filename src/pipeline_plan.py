@@ -12,7 +12,7 @@ import logging
 import shlex
 import sys
 
-from src.config import Config, ConfigError, add_config_args, config_from_args
+from core.config import Config, ConfigError, add_config_args, config_from_args
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ KNOWN_EXPLAIN = {"none", "chatgpt"} | KNOWN_TRAIN
 
 
 def api_available(cfg: Config) -> bool:
-    from src.api_client import ChatClient
+    from core.api_client import ChatClient
 
     return ChatClient.available(cfg)
 

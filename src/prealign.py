@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from src.chat import right_align
-from src.config import Config
+from core.config import Config
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
-from src.config import Config, ConfigError
+from core.config import Config, ConfigError
 from src.data import subsample
 from src.metrics import MODE_METRICS, compute_metrics
-from src.utils import JsonlAppender
+from core.utils import JsonlAppender
 
 log = logging.getLogger(__name__)
 

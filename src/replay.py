@@ -25,8 +25,8 @@ import random
 import sys
 from typing import Any
 
-from src.config import Config, ConfigError, add_config_args, config_from_args
-from src.utils import StageError, read_json, resolve_device, run_stage, set_seed, write_json
+from core.config import Config, ConfigError, add_config_args, config_from_args
+from core.utils import StageError, read_json, resolve_device, run_stage, set_seed, write_json
 
 log = logging.getLogger("src.replay")
 

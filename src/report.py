@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from src.config import Config, add_config_args, config_from_args
-from src.utils import StageError, read_json, run_stage, write_text
+from core.config import Config, add_config_args, config_from_args
+from core.utils import StageError, read_json, run_stage, write_text
 
 log = logging.getLogger(__name__)
 
@@ -360,7 +360,7 @@ def alignment_curve(cfg: Config) -> Path | None:
     variant was trained with train.probe_points.
     """
     from src.probe import PROBE_FILE
-    from src.utils import read_jsonl
+    from core.utils import read_jsonl
 
     curves = {m: read_jsonl(cfg.llm_dir / m / PROBE_FILE) for m in CURVE_METHODS
               if (cfg.llm_dir / m / PROBE_FILE).is_file()}

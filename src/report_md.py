@@ -30,8 +30,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from src.config import Config
-from src.utils import read_json, read_jsonl, write_text
+from core.config import Config
+from core.utils import read_json, read_jsonl, write_text
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@
 
 Every leaf is followed by ``# from <file>`` (the YAML file of the ``base:`` chain that set
 it last), ``# --set`` (a command-line override) or ``# default`` (the dataclass default in
-src/config.py). The output is valid YAML: ``yaml.safe_load`` of it gives the resolved
+core/config.py). The output is valid YAML: ``yaml.safe_load`` of it gives the resolved
 values, so a user sees exactly what a run of that config will do.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from src.config import PROV_DEFAULT, PROV_OVERRIDE, REPO_ROOT, Config, load_config
+from core.config import PROV_DEFAULT, PROV_OVERRIDE, REPO_ROOT, Config, load_config
 
 #: comments start at this column at most (longer lines put theirs two spaces after)
 COMMENT_COLUMN = 56
@@ -85,13 +85,13 @@ def show(config: str, overrides: list[str] | None = None) -> str:
         header += " with --set " + " --set ".join(overrides)
     header += (
         "\neach value: the file that set it, '--set' for an override, 'default' for the"
-        " dataclass default in src/config.py"
+        " dataclass default in core/config.py"
     )
     return render(cfg, prov, header)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from src.utils import run_stage
+    from core.utils import run_stage
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/ml100k.yaml", help="YAML config (default: %(default)s)")

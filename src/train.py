@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from src.config import Config, ConfigError, add_config_args, config_from_args
+from core.config import Config, ConfigError, add_config_args, config_from_args
 from src.data import TaskCollator, TaskDataset, filter_task_types, load_task_records, mix_tasks, subsample
 from src.model import (
     META_FILE,
@@ -39,7 +39,7 @@ from src.model import (
     save_trained,
     saved_model_problem,
 )
-from src.utils import JsonlAppender, StageError, read_json, set_seed, setup_logging, weight_file_problem, write_json
+from core.utils import JsonlAppender, StageError, read_json, set_seed, setup_logging, weight_file_problem, write_json
 
 log = logging.getLogger("src.train")
 
@@ -456,7 +456,7 @@ def _type_counts(records: list[dict]) -> dict[str, int]:
 
 
 def _read_log(path: Path) -> list[dict]:
-    from src.utils import read_jsonl
+    from core.utils import read_jsonl
 
     return read_jsonl(path) if path.is_file() else []
 

@@ -37,7 +37,7 @@ def main() -> int:
     from transformers import TrainerCallback
 
     import src.train as st
-    from src.utils import setup_logging
+    from core.utils import setup_logging
     from tests.fixtures_llm import FakeEncoder, tiny_cfg
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

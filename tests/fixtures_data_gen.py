@@ -7,7 +7,7 @@ import json
 import random
 from pathlib import Path
 
-from src.config import Config, load_config
+from core.config import Config, load_config
 
 N_ITEMS = 30
 N_USERS = 14

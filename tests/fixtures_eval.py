@@ -12,7 +12,7 @@ import json
 import random
 from pathlib import Path
 
-from src.config import Config, load_config
+from core.config import Config, load_config
 from tests.fixtures_llm import N_ITEMS
 
 TITLES = [f"Movie {i} ({1950 + i})" for i in range(1, N_ITEMS + 1)]

@@ -101,7 +101,7 @@ def clear_api_env(monkeypatch: Any) -> None:
 
 def tiny_cfg(tmp_path: Path, *overrides: str):
     """The tiny profile rooted in tmp_path, with fast API retries."""
-    from src.config import load_config
+    from core.config import load_config
 
     return load_config(
         "configs/tiny.yaml",

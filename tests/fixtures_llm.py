@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from src.config import Config, load_config
+from core.config import Config, load_config
 
 CLUSTERS = ["alpha", "beta", "gamma", "delta"]
 N_ITEMS = 40

@@ -10,7 +10,7 @@ import gzip
 import json
 from pathlib import Path
 
-from src.config import Config, load_config
+from core.config import Config, load_config
 
 # (user, item, rating, timestamp); u5 has 2 events only (below any k-core >= 3);
 # u1 rates item 3 twice (duplicate event: the earlier one is kept)

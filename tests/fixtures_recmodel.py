@@ -11,7 +11,7 @@ import json
 import random
 from pathlib import Path
 
-from src.config import Config, load_config
+from core.config import Config, load_config
 
 
 def write_canonical(root: Path, sequences: dict[int, list[int]], n_items: int) -> Path:

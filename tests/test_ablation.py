@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from src.config import ConfigError
+from core.config import ConfigError
 from src.data import filter_task_types
 from src.train import train
-from src.utils import StageError, read_json, read_jsonl, write_json
+from core.utils import StageError, read_json, read_jsonl, write_json
 from tests.fixtures_eval import setup_eval_root
 from tests.fixtures_llm import FakeEncoder, one_thread  # noqa: F401 - fixture
 

@@ -8,14 +8,14 @@ import time
 
 import pytest
 
-from src.api_client import (
+from core.api_client import (
     APIRequestFailed,
     ChatClient,
     FatalAPIError,
     discover_endpoints,
     request_key,
 )
-from src.utils import StageError
+from core.utils import StageError
 from tests.fixtures_explan import FakeOpenAI, clear_api_env, tiny_cfg
 
 KEY = "sk-test-SECRET-0123456789"

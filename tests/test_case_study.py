@@ -20,8 +20,8 @@ import torch
 
 from data_gen import templates as T
 from src import case_study
-from src.config import load_config
-from src.utils import StageError
+from core.config import load_config
+from core.utils import StageError
 from tests.fixtures_eval import TITLES, write_dataset
 from tests.fixtures_llm import one_thread  # noqa: F401 - fixture
 

@@ -1,4 +1,4 @@
-"""src.config: unknown keys named with their file, base: inheritance, --set overrides, types."""
+"""core.config: unknown keys named with their file, base: inheritance, --set overrides, types."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from src.config import REPO_ROOT, Config, ConfigError, add_config_args, config_from_args, load_config
+from core.config import REPO_ROOT, Config, ConfigError, add_config_args, config_from_args, load_config
 
 
 def _write(path: Path, text: str) -> Path:
@@ -134,7 +134,7 @@ def test_cli_args() -> None:
 
 
 def test_model_paths_follow_paths_models_dir(tmp_path):
-    from src.config import load_config
+    from core.config import load_config
 
     cfg = load_config("configs/tiny.yaml", [f"paths.models_dir={tmp_path / 'm'}"])
     assert cfg.resolve_model("models/all-minilm-l6-v2") == tmp_path / "m" / "all-minilm-l6-v2"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from src.config import REPO_ROOT, ConfigError, KDConfig, load_config
+from core.config import REPO_ROOT, ConfigError, KDConfig, load_config
 from src.show_config import main as show_main
 from src.show_config import show
 

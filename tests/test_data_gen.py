@@ -17,8 +17,8 @@ import pytest
 from data_gen import templates as T
 from data_gen.__main__ import main as cli_main
 from data_gen.pipeline import output_paths, run
-from src.config import ConfigError
-from src.utils import StageError
+from core.config import ConfigError
+from core.utils import StageError
 from tests.fixtures_data_gen import build_root, tiny_config
 
 REQUIRED = {"id": str, "type": str, "uid": int, "iid": int, "history": list, "candidates": list,
@@ -456,9 +456,9 @@ def test_summaries_through_api_client(tmp_path, monkeypatch):
             # one failed request: that user is left out, not invented
             return [None if k == 0 else f"Summary {k}: likes films." for k in range(len(list_of_messages))]
 
-    fake = types.ModuleType("src.api_client")
+    fake = types.ModuleType("core.api_client")
     fake.ChatClient = FakeClient
-    monkeypatch.setitem(sys.modules, "src.api_client", fake)
+    monkeypatch.setitem(sys.modules, "core.api_client", fake)
     cfg = tiny_config(tmp_path, "data_gen.max_train_per_task=0")
     stats = run(cfg)
     titles = fx["titles"]

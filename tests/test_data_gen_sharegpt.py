@@ -9,7 +9,7 @@ import pytest
 
 from data_gen.inputs import load_sharegpt
 from data_gen.pipeline import run
-from src.utils import StageError
+from core.utils import StageError
 from tests.fixtures_data_gen import build_root, sharegpt_fixture, tiny_config
 
 GOOD = {"good1", "good2", "good3", "trailing_human"}

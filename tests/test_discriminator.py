@@ -8,7 +8,7 @@ import random
 import pytest
 
 from discriminator import data_gen, run_cls, run_reg
-from src.utils import read_json, read_jsonl
+from core.utils import read_json, read_jsonl
 from tests.fixtures_explan import make_tiny_bert, tiny_cfg
 
 # each method has its own vocabulary (the classifier's signal); the score is written in words
@@ -80,7 +80,7 @@ def test_data_gen_split_is_shared_and_balanced(cfg):
 
 
 def test_data_gen_needs_explanations(tmp_path):
-    from src.utils import StageError
+    from core.utils import StageError
 
     c = tiny_cfg(tmp_path)
     with pytest.raises(StageError, match="no discriminator data"):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from src.utils import read_json, read_jsonl
+from core.utils import read_json, read_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -9,7 +9,7 @@ import pytest
 
 from src import eval_explan
 from src.judge import REASK
-from src.utils import read_json, read_jsonl
+from core.utils import read_json, read_jsonl
 from tests.fixtures_explan import FakeOpenAI, clear_api_env, tiny_cfg
 
 KEY = "sk-eval-SECRET-42"

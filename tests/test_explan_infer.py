@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from src import infer_explan
-from src.utils import StageError, read_jsonl
+from core.utils import StageError, read_jsonl
 from tests.fixtures_explan import FakeOpenAI, clear_api_env, tiny_cfg
 
 TITLES = ["", "Toy Story (1995)", "GoldenEye (1995)", "Heat (1995)", "Casino (1995)", "Babe (1995)",
@@ -144,7 +144,7 @@ def test_min_new_tokens_keeps_explanations_from_ending_early(tmp_path, monkeypat
     import torch
 
     from src import generation
-    from src.config import ConfigError
+    from core.config import ConfigError
     from src.model import load_trained
 
     new_tokens = []

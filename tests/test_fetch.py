@@ -17,7 +17,7 @@ import pytest
 from preprocess import fetch
 from preprocess.build import preprocess
 from preprocess.dataset import load_canonical
-from src.utils import StageError, sha256_file
+from core.utils import StageError, sha256_file
 
 from .fixtures_preprocess import make_cfg, write_atomic
 
@@ -162,7 +162,7 @@ def test_fetch_urls_reports_every_failure(tmp_path: Path, server) -> None:
 
 
 def test_known_urls_cover_paper_configs() -> None:
-    from src.config import load_config
+    from core.config import load_config
 
     for name in ("games", "movies", "steam"):
         cfg = load_config(f"configs/{name}.yaml")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from src.api_client import ChatClient
+from core.api_client import ChatClient
 from src.judge import (
     JUDGE_PROMPT,
     REASK,

@@ -15,7 +15,7 @@ from src.chat import (
 )
 from src.data import TaskCollator, TaskDataset, load_task_records, subsample
 from src.model import load_base
-from src.utils import StageError
+from core.utils import StageError
 from tests.fixtures_llm import one_thread, cluster_records, mixed_records, tiny_cfg, write_tasks
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from src.config import REPO_ROOT, ConfigError
+from core.config import REPO_ROOT, ConfigError
 from src.train import training_arguments
 from tests.fixtures_llm import tiny_cfg
 

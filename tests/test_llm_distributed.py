@@ -24,10 +24,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.config import REPO_ROOT
+from core.config import REPO_ROOT
 from src.model import PROJECTORS_FILE, build_tiny_base
 from src.train import train
-from src.utils import read_json, read_jsonl
+from core.utils import read_json, read_jsonl
 from tests.fixtures_llm import FakeEncoder, mixed_records, one_thread, tiny_cfg, write_tasks  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]

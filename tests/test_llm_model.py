@@ -9,7 +9,7 @@ from src.chat import collate_for_generation, marker_ids
 from src.data import TaskCollator, TaskDataset
 from src.merge import merge
 from src.model import META_FILE, build_model, load_trained, save_trained
-from src.utils import StageError, write_json
+from core.utils import StageError, write_json
 from tests.fixtures_llm import one_thread, FakeEncoder, mixed_records, tiny_cfg, write_tasks
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,9 +8,9 @@ import collections
 import pytest
 import torch
 
-from src.config import ConfigError
+from core.config import ConfigError
 from src.data import mix_tasks
-from src.utils import StageError, read_json, read_jsonl
+from core.utils import StageError, read_json, read_jsonl
 from tests.fixtures_eval import load_tiny_explainer, make_records, read_sequences, setup_eval_root
 from tests.fixtures_llm import FakeEncoder, cluster_records, one_thread, tiny_cfg, write_tasks  # noqa: F401
 

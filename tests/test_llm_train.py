@@ -9,7 +9,7 @@ from transformers import TrainerCallback
 from src.chat import collate_for_generation
 from src.model import load_trained
 from src.train import main, train
-from src.utils import read_json, read_jsonl
+from core.utils import read_json, read_jsonl
 from tests.fixtures_llm import one_thread, CLUSTERS, FakeEncoder, cluster_records, mixed_records, tiny_cfg, write_tasks
 
 FAST = ["llm.lora.enabled=false", "train.epochs=10", "train.lr=0.003", "train.per_device_batch_size=16",

@@ -2,7 +2,7 @@
 
 import pytest
 
-from src.config import ConfigError, load_config
+from core.config import ConfigError, load_config
 from src.pipeline_plan import plan
 
 

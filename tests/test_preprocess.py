@@ -17,8 +17,8 @@ from preprocess.dataset import CanonicalData, leave_one_out, load_canonical, seq
 from preprocess.pipeline import natural_order, run_filters
 from preprocess.readers import RawData, read_raw, source_roles, strip_punctuation
 from preprocess.synthetic import generate
-from src.config import load_config
-from src.utils import StageError
+from core.config import load_config
+from core.utils import StageError
 
 from .fixtures_preprocess import (
     amazon_fixture, make_cfg, steam_fixture, write_atomic, write_gz_lines, write_grouplens,

@@ -10,8 +10,8 @@ import torch
 from recmodel import train as rtrain
 from recmodel.data import RecData, realign_right, right_aligned, train_windows
 from recmodel.models import SASRec, TwoTower, build_model, next_item_loss
-from src.config import ConfigError
-from src.utils import StageError, read_json
+from core.config import ConfigError
+from core.utils import StageError, read_json
 from tests.fixtures_recmodel import cluster_sequences, make_cfg, successor_sequences, write_canonical
 
 

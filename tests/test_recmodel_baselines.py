@@ -13,7 +13,7 @@ from recmodel import infer as rinfer
 from recmodel import train as rtrain
 from recmodel.kd import distillation_loss, prefix_history_mask
 from recmodel.models import SASRec
-from src.utils import read_json
+from core.utils import read_json
 from tests.fixtures_recmodel import cluster_sequences, make_cfg, write_canonical
 
 
@@ -55,7 +55,7 @@ def test_prefix_history_mask_and_kd_loss_zero_for_identical_models():
 
 def test_kd_student_is_the_teacher_size_unless_set(tmp_path):
     from recmodel.kd import student_arch
-    from src.config import ConfigError
+    from core.config import ConfigError
 
     teacher = ["recmodel.hidden_size=48", "recmodel.num_layers=3", "recmodel.num_heads=4", "recmodel.inner_size=96"]
     zero = ["recmodel.kd.hidden_size=0", "recmodel.kd.num_layers=0", "recmodel.kd.num_heads=0",
@@ -63,7 +63,7 @@ def test_kd_student_is_the_teacher_size_unless_set(tmp_path):
     arch = student_arch(make_cfg(tmp_path, *teacher, *zero))
     assert (arch["hidden_size"], arch["num_layers"], arch["num_heads"], arch["inner_size"]) == (48, 3, 4, 96)
     # the dataclass default is 0 = the teacher's size (the paper profiles leave kd sizes unset)
-    from src.config import KDConfig
+    from core.config import KDConfig
     assert (KDConfig().hidden_size, KDConfig().num_layers, KDConfig().num_heads, KDConfig().inner_size) == (0, 0, 0, 0)
     # a size that is set wins, and the rest still follow the teacher
     arch = student_arch(make_cfg(tmp_path, *teacher, *zero, "recmodel.kd.hidden_size=16", "recmodel.kd.num_heads=2"))

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from recmodel import infer as rinfer
 from recmodel import train as rtrain
 from recmodel.encoder import RecEncoder, load_rec_encoder
-from src.utils import StageError, read_json, read_jsonl
+from core.utils import StageError, read_json, read_jsonl
 from tests.fixtures_recmodel import cluster_sequences, make_cfg, write_canonical
 
 SEQS = cluster_sequences(n_users=50, n_clusters=3, per_cluster=12, length=9)

@@ -15,10 +15,10 @@ import torch
 from safetensors.torch import save_file
 from transformers import TrainerCallback
 
-from src.config import REPO_ROOT, ConfigError
+from core.config import REPO_ROOT, ConfigError
 from src.model import load_trained, saved_model_problem
 from src.train import _last_checkpoint, checkpoint_problem, train
-from src.utils import StageError, model_dir_or_hub_id, read_json, read_jsonl, weight_file_problem
+from core.utils import StageError, model_dir_or_hub_id, read_json, read_jsonl, weight_file_problem
 from tests.fixtures_llm import FakeEncoder, mixed_records, one_thread, tiny_cfg, write_tasks  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")

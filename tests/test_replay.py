@@ -10,7 +10,7 @@ import pytest
 from data_gen.pipeline import run as run_data_gen
 from data_gen.templates import REPLAY
 from src.replay import build_replay, replay_instructions
-from src.utils import StageError
+from core.utils import StageError
 from tests.fixtures_data_gen import build_root, tiny_config
 from tests.fixtures_llm import one_thread  # noqa: F401  (fixture)
 

@@ -2,10 +2,10 @@
 
 import csv
 
-from src.config import load_config
+from core.config import load_config
 from src.report import main as report_main
 from src.report import Cell, render_csv, render_table, table1
-from src.utils import write_json
+from core.utils import write_json
 
 
 def _cfg(tmp_path):

@@ -8,7 +8,7 @@ import json
 import re
 from pathlib import Path
 
-from src.config import load_config
+from core.config import load_config
 from src.judge import decision_of
 from src.report import main as report_main
 from src.report_md import pick_cases

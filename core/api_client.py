@@ -46,8 +46,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from src.config import Config
-from src.utils import StageError, atomic_open
+from core.config import Config
+from core.utils import StageError, atomic_open
 
 log = logging.getLogger(__name__)
 # the HTTP stack logs every request at INFO; one line per judged sample drowns the progress bar

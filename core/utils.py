@@ -64,7 +64,7 @@ def setup_logging(level: int = logging.INFO) -> None:
 def run_stage(body: "Callable[[], object]") -> int:
     """Run a stage's body as a command: logging on, and a bad input (StageError or
     ConfigError) becomes one ``error: ...`` line and exit status 2 instead of a traceback."""
-    from src.config import ConfigError
+    from core.config import ConfigError
 
     setup_logging()
     try:
