@@ -23,6 +23,7 @@ import numpy as np
 from discriminator.data_gen import data_dir, data_fingerprint
 from discriminator.finetune import fine_tune_predict
 from core.config import Config, add_config_args, config_from_args
+from core.metrics import classification_metrics
 from core.utils import StageError, read_json, read_jsonl, run_stage, write_json, write_jsonl, write_text
 
 log = logging.getLogger("discriminator.run_cls")
@@ -30,24 +31,6 @@ log = logging.getLogger("discriminator.run_cls")
 
 def out_dir(cfg: Config) -> Path:
     return cfg.discriminator_dir / "cls"
-
-
-def classification_metrics(y_true: list[int], y_pred: list[int], names: list[str]) -> dict[str, Any]:
-    """Accuracy, per-class precision/recall/F1/support and the confusion matrix (rows = true)."""
-    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
-
-    labels = list(range(len(names)))
-    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    return {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "n_test": len(y_true),
-        "per_class": {
-            n: {"precision": float(p[k]), "recall": float(r[k]), "f1": float(f[k]), "support": int(s[k])}
-            for k, n in enumerate(names)
-        },
-        "labels": names,
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
-    }
 
 
 def plot_confusion(cm: list[list[int]], names: list[str], path: Path, title: str) -> None:

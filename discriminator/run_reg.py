@@ -28,6 +28,7 @@ import numpy as np
 from discriminator.data_gen import data_dir, data_fingerprint
 from discriminator.finetune import fine_tune_predict
 from core.config import Config, add_config_args, config_from_args
+from core.metrics import regression_metrics
 from src.infer_explan import METHOD_ORDER
 from core.utils import StageError, read_json, read_jsonl, run_stage, write_json, write_jsonl, write_text
 
@@ -40,8 +41,6 @@ def out_dir(cfg: Config) -> Path:
 
 def train_method(cfg: Config, method: str, force: bool = False) -> dict[str, Any]:
     """One score predictor; cached in metrics_<method>.json."""
-    from sklearn.metrics import mean_squared_error
-
     out = out_dir(cfg)
     path = out / f"metrics_{method}.json"
     dd = data_dir(cfg)
@@ -65,13 +64,14 @@ def train_method(cfg: Config, method: str, force: bool = False) -> dict[str, Any
         save_dir=out / f"model_{method}" if cfg.discriminator.save_model else None,
     )
     pred = raw * scale + shift
+    reg = regression_metrics(y_test, pred, mean)
     metrics = {
         "method": method,
-        "mse": float(mean_squared_error(y_test, pred)),
-        "baseline_mse": float(mean_squared_error(y_test, np.full_like(y_test, mean))),
+        "mse": reg["mse"],
+        "baseline_mse": reg["baseline_mse"],
         "n_train": len(train), "n_test": len(test),
         "target_mean": mean, "target_std": std,
-        "pearson": float(np.corrcoef(y_test, pred)[0, 1]) if len(test) > 1 and pred.std() > 0 and y_test.std() > 0 else None,
+        "pearson": reg["pearson"],
         "encoder": cfg.discriminator.encoder, "standardized": bool(cfg.discriminator.reg_standardize),
         "data_sha": data_sha,
     }

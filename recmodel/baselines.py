@@ -45,82 +45,15 @@ from recmodel.kd import train_student
 from recmodel.models import TwoTower, mask_history_
 from recmodel.train import validate_recmodel_config
 from core.config import ConfigError, add_config_args, config_from_args
+from core.metrics import ci95, next_item_hit_ndcg, ranking_ndcg
 from core.utils import StageError, read_jsonl, resolve_device, setup_logging, write_json
 
 log = logging.getLogger("recmodel.baselines")
 
 METHODS = ("random", "popularity", "kd_sasrec")
-#: graded relevance of the target's 1st..5th candidate (the original RecExplainer code)
-RANK_RELEVANCE = (1000.0, 100.0, 10.0, 1.0, 0.0)
 
 
-# --------------------------------------------------------------------------- metric definitions
-
-
-def ranking_ndcg(pred_order: Sequence[Any], true_order: Sequence[Any], k: int = 5) -> float:
-    """Task 2 NDCG@k of a predicted order of the candidates against the target model's order.
-
-    Relevance is by position in the TRUE order: rel = (1000, 100, 10, 1, 0) for the
-    target's 1st, 2nd, 3rd, 4th, 5th item (the RecExplainer code's calculate_rank_metrics).
-    With pred = pred_order[:k] and j the 0-based position in pred::
-
-        DCG  = sum over true items i (in true order) that occur in pred, matched to the
-               first not-yet-matched occurrence j:   rel[i] / log2(j + 2)
-        IDCG = sum_i rel[i] / log2(i + 2)              (pred == true)
-        NDCG = DCG / IDCG
-
-    Items in pred that are not candidates (e.g. an unparseable title) and repeats score 0;
-    a shorter pred simply gets less DCG. Values: identical order 1.0; a uniformly random
-    permutation 0.6131 in expectation (the paper's Random row: 0.6153 / 0.6100 / 0.6139);
-    only the 5th item right 0.0.
-    """
-    rel = list(RANK_RELEVANCE) + [0.0] * max(0, len(true_order) - len(RANK_RELEVANCE))
-    idcg = sum(rel[i] / math.log2(i + 2) for i in range(min(k, len(true_order))))
-    if idcg == 0:
-        return 0.0
-    pred = list(pred_order)[:k]
-    used: set[int] = set()
-    dcg = 0.0
-    for i, item in enumerate(true_order):
-        for j, p in enumerate(pred):
-            if p == item and j not in used:
-                dcg += rel[i] / math.log2(j + 2)
-                used.add(j)
-                break
-    return dcg / idcg
-
-
-def next_item_hit_ndcg(pred_top: Sequence[Any], target: Any, k: int = 5) -> tuple[float, float]:
-    """Task 1: (HR@k, NDCG@k) of one retrieved list against the target model's top-1 item."""
-    for j, p in enumerate(list(pred_top)[:k]):
-        if p == target:
-            return 1.0, 1.0 / math.log2(j + 2)
-    return 0.0, 0.0
-
-
-def ci95(values: Sequence[float]) -> list[float]:
-    """95% confidence interval of the mean of per-sample scores, as [low, high].
-
-    Scores that are all 0/1 (hits, accuracy) get the Wilson score interval, which stays
-    inside [0, 1] and is honest at 0 or 1 successes; graded scores (NDCG, coverage) get
-    the Student-t interval of the mean. One sample, or none, gives [nan, nan].
-    """
-    vals = [float(v) for v in values]
-    n = len(vals)
-    if n < 2:
-        return [math.nan, math.nan]
-    mean = sum(vals) / n
-    if all(v in (0.0, 1.0) for v in vals):
-        z = 1.959963984540054
-        denom = 1 + z * z / n
-        centre = (mean + z * z / (2 * n)) / denom
-        half = z * math.sqrt(mean * (1 - mean) / n + z * z / (4 * n * n)) / denom
-        return [max(0.0, centre - half), min(1.0, centre + half)]
-    from scipy.stats import t as student_t
-
-    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
-    half = float(student_t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-    return [mean - half, mean + half]
+# --------------------------------------------------------------------------- answers of score-based methods
 
 
 def yes_cut(pos_cut: float, neg_cut: float) -> float:

@@ -47,7 +47,7 @@ from src.chat import (
     pad_markers,
 )
 from core.config import Config
-from src.metrics import yes_no_decision
+from core.metrics import yes_no_decision
 from core.utils import StageError
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ whose ``type`` is the inference mode, and writes under ``eval/<method>/``:
 
 * ``<mode>.jsonl``: one row per sample (question, generations or Yes/No log-probs,
   target), appended as each batch completes, so a killed run resumes where it stopped;
-* ``<mode>.metrics.json``: the Table 1 numbers (src.metrics), plus, for uid2next with
+* ``<mode>.metrics.json``: the Table 1 numbers (core.metrics), plus, for uid2next with
   title-constrained decoding, a separate ``"constrained"`` block (its rows in
   ``uid2next.constrained.jsonl``) -- never replacing the free-decoding figures.
 
@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import Config, ConfigError, add_config_args, config_from_args
-from src.metrics import MODE_METRICS, compute_metrics, parse_ranked_titles
+from core.metrics import MODE_METRICS, compute_metrics, parse_ranked_titles
 from core.utils import JsonlAppender, StageError, read_json, resolve_device, run_stage, set_seed, write_json
 
 log = logging.getLogger(__name__)
@@ -258,12 +258,12 @@ def run_api(cfg: Config, client: Any, records: list[dict], mode: str, rows_path:
     Task 1 with an API model: a chat model returns one answer, not five beams, so the
     question asks for ``eval.api_uid2next_k`` (paper: 5) titles, most likely first
     (``eval.api_uid2next_instruction``), and the reply is read as a ranked list
-    (:func:`src.metrics.parse_ranked_titles`: numbered / bulleted lines, "; " or inline
+    (:func:`core.metrics.parse_ranked_titles`: numbered / bulleted lines, "; " or inline
     numbering) for HR@5 / NDCG@5. Task 3: the reply's first yes/no decision
     (src.judge.decision_of, the same reading the explanation judge uses). A request that
     fails for good is left out and reported; re-running retries it.
     """
-    from src.judge import decision_of
+    from core.metrics import decision_of
 
     instruction = ""
     if mode == "uid2next":

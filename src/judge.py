@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-log = logging.getLogger(__name__)
+from core.metrics import RATINGS
 
-RATINGS = (0, 1, 2, 3)
+log = logging.getLogger(__name__)
 
 #: Appendix A, Figure A1 (the paper's "¡br¿" is a PDF-extraction artefact of "<br>")
 JUDGE_PROMPT = (
@@ -110,70 +110,6 @@ def parse_rating(text: str | None) -> int | None:
     return None
 
 
-# --------------------------------------------------------------------------- decision check
-
-_VERBS = r"(?:like|enjoy|love|prefer|appreciate|favou?r|be\s+interested|be\s+into|be\s+drawn\s+to|want|purchase|buy|watch|click)"
-_ADV = r"(?:(?:probably|definitely|most\s+likely|likely|certainly|really|highly|still)\s+)?"
-_YES_PATTERNS = [
-    r"^\W*yes\b",
-    r"(?:^|(?<=[\s*\"'(\[:>]))yes(?=\s*(?:[,.!:;)\]*\"'<\n]|$))",
-    rf"\b(?:will|would|should|does|do|might|may|can|could|is\s+going\s+to|are\s+going\s+to)\s+{_ADV}{_VERBS}\b",
-    rf"\b(?:is|are)\s+{_ADV}likely\s+to\s+{_VERBS}\b",
-    r"\b(?:i|we)\s+(?:would\s+|will\s+|do\s+|can\s+|strongly\s+|highly\s+)?recommend\b",
-    r"\b(?:would|will|should|can)\s+(?:be\s+)?recommend(?:ed)?\b",
-    r"\b(?:is|are)\s+recommended\b",
-    r"\b(?:good|great|strong|excellent|perfect)\s+(?:fit|match|choice|recommendation)\b",
-    r"\b(?:is|are)\s+interested\b",
-]
-_NOT = r"(?:\s+not|n't|not)"
-_NO_PATTERNS = [
-    r"^\W*no\b",
-    r"(?:^|(?<=[\s*\"'(\[:>]))no(?=\s*(?:[,.!:;)\]*\"'<\n]|$))",
-    rf"\b(?:will|would|should|does|do|might|may|can|could|is|are|wo|ca|did){_NOT}\s+{_ADV}(?:{_VERBS}|recommend|be\s+recommended)\b",
-    r"\b(?:won't|wouldn't|doesn't|don't|shouldn't|isn't|aren't|cannot)\s+" + _ADV + r"(?:" + _VERBS + r"|recommend|be\s+recommended)\b",
-    r"\b(?:unlikely|not\s+likely|less\s+likely)\s+to\b",
-    r"\bnot\s+(?:be\s+)?(?:interested|recommended|a\s+good|a\s+great|a\s+strong|a\s+suitable|suitable)\b",
-    r"(?:\bnot|n't)\s+(?:a\s+)?(?:good|great|strong|suitable|perfect)\s+(?:fit|match|choice)\b",
-    r"\b(?:poor|bad|weak)\s+(?:fit|match|choice)\b",
-    r"\b(?:dislike|not\s+recommend|against\s+recommending)\b",
-    r"\b(?:i|we)\s+(?:would|do|will|can)\s*(?:not|n't)\s+recommend\b",
-]
-_YES_RE = [re.compile(p, re.I | re.M) for p in _YES_PATTERNS]
-_NO_RE = [re.compile(p, re.I | re.M) for p in _NO_PATTERNS]
-
-
-def _first(patterns: list[re.Pattern], text: str) -> int | None:
-    starts = [m.start() for p in patterns if (m := p.search(text))]
-    return min(starts) if starts else None
-
-
-def decision_of(text: str | None) -> str | None:
-    """"Yes", "No" or None: the explanation's first yes/no-like decision phrase.
-
-    The earliest phrase wins (explanations state the decision first, then argue); negated
-    phrases are separate patterns that start before their positive core ("would not like"),
-    so at the same position the negation wins.
-    """
-    if not text:
-        return None
-    y, n = _first(_YES_RE, text), _first(_NO_RE, text)
-    if y is None and n is None:
-        return None
-    if n is not None and (y is None or n <= y):
-        return "No"
-    return "Yes"
-
-
-def normalise_label(label: Any) -> str:
-    """"Yes"/"No" from the task label (also true/false, 1/0)."""
-    s = str(label).strip().lower()
-    if s in {"yes", "true", "1", "y"}:
-        return "Yes"
-    if s in {"no", "false", "0", "n"}:
-        return "No"
-    raise ValueError(f"label must be Yes/No, got {label!r}")
-
-
 # --------------------------------------------------------------------------- judging
 
 
@@ -227,33 +163,3 @@ def judge_many(
                 nxt.append(i)
         todo = nxt
     return outcomes
-
-
-def rating_summary(ratings: Sequence[int | None]) -> dict[str, Any]:
-    """Mean over parsed ratings and the distribution (counts and shares) of 0..3."""
-    parsed = [r for r in ratings if r is not None]
-    counts = {str(r): sum(1 for x in parsed if x == r) for r in RATINGS}
-    n = len(parsed)
-    return {
-        "n_rated": n,
-        "mean": (sum(parsed) / n) if n else None,
-        "counts": counts,
-        "shares": {k: (v / n if n else None) for k, v in counts.items()},
-    }
-
-
-def decision_summary(explanations: Sequence[str], labels: Sequence[str]) -> dict[str, Any]:
-    """Share of explanations whose first decision phrase matches the label (undecided = wrong)."""
-    decisions = [decision_of(t) for t in explanations]
-    n = len(decisions)
-    agree = sum(1 for d, lab in zip(decisions, labels) if d is not None and d == normalise_label(lab))
-    undecided = sum(1 for d in decisions if d is None)
-    return {
-        "n": n,
-        "agree": agree,
-        "agreement": agree / n if n else None,
-        "undecided": undecided,
-        "undecided_share": undecided / n if n else None,
-        "said_yes": sum(1 for d in decisions if d == "Yes"),
-        "said_no": sum(1 for d in decisions if d == "No"),
-    }

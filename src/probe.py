@@ -24,7 +24,7 @@ import torch
 
 from core.config import Config, ConfigError
 from src.data import subsample
-from src.metrics import MODE_METRICS, compute_metrics
+from core.metrics import MODE_METRICS, compute_metrics
 from core.utils import JsonlAppender
 
 log = logging.getLogger(__name__)

@@ -74,7 +74,7 @@ def explain_rows(cfg: Config, split: str) -> dict[str, dict[str, dict]]:
 
 
 def _decisions(by_method: dict[str, dict[str, dict]], rid: str) -> dict[str, str | None]:
-    from src.judge import decision_of
+    from core.metrics import decision_of
 
     return {m: decision_of(rows[rid].get("explanation")) for m, rows in by_method.items()}
 

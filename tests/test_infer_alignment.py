@@ -28,8 +28,8 @@ def test_uid2next_writes_rows_and_metrics_with_constrained_beside(tmp_path, load
     on_disk = json.loads(paths["metrics"].read_text())
     assert on_disk["hr@5"] == m["hr@5"] and "ndcg@5" in on_disk
     assert set(on_disk["constrained"]) == {"hr@5", "ndcg@5", "n", "ci95"}
-    # the recorded metrics are exactly src.metrics applied to the rows on disk
-    from src.metrics import compute_metrics
+    # the recorded metrics are exactly core.metrics applied to the rows on disk
+    from core.metrics import compute_metrics
     assert compute_metrics("uid2next", crows)["hr@5"] == pytest.approx(on_disk["constrained"]["hr@5"])
 
 

@@ -5,16 +5,8 @@ from __future__ import annotations
 import pytest
 
 from core.api_client import ChatClient
-from src.judge import (
-    JUDGE_PROMPT,
-    REASK,
-    decision_of,
-    decision_summary,
-    judge_many,
-    judge_messages,
-    parse_rating,
-    rating_summary,
-)
+from core.metrics import decision_of, decision_summary, rating_summary
+from src.judge import JUDGE_PROMPT, REASK, judge_many, judge_messages, parse_rating
 from tests.fixtures_explan import FakeOpenAI, clear_api_env, tiny_cfg
 
 

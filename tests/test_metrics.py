@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from src.metrics import (
+from core.metrics import (
     binary_correct,
     compute_metrics,
     exact_match,
@@ -120,7 +120,7 @@ def test_compute_metrics_averages_rows():
 def test_ci95_wilson_for_hits_and_student_t_for_graded_scores():
     import math
 
-    from src.metrics import ci95, compute_metrics
+    from core.metrics import ci95, compute_metrics
 
     # Wilson, 20 hits of 100: the textbook interval is [0.1333, 0.2888]
     lo, hi = ci95([1.0] * 20 + [0.0] * 80)
@@ -138,7 +138,7 @@ def test_ci95_wilson_for_hits_and_student_t_for_graded_scores():
 
 
 def test_parse_ranked_titles_reads_the_list_shapes_of_chat_models():
-    from src.metrics import parse_ranked_titles as parse
+    from core.metrics import parse_ranked_titles as parse
 
     want = ["Toy Story (1995)", "12 Monkeys (1995)", "2001: A Space Odyssey (1968)"]
     shapes = [

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from core import metrics as cm
 from recmodel import baselines as rb
 from recmodel import infer as rinfer
 from recmodel import train as rtrain
@@ -19,23 +20,23 @@ from tests.fixtures_recmodel import cluster_sequences, make_cfg, write_canonical
 
 def test_ranking_ndcg_definition():
     true = ["a", "b", "c", "d", "e"]
-    assert rb.ranking_ndcg(true, true) == pytest.approx(1.0)
+    assert cm.ranking_ndcg(true, true) == pytest.approx(1.0)
     idcg = 1000 + 100 / math.log2(3) + 10 / math.log2(4) + 1 / math.log2(5)
     # swapping the first two: 1000 at position 1, 100 at position 0
-    assert rb.ranking_ndcg(["b", "a", "c", "d", "e"], true) == pytest.approx(
+    assert cm.ranking_ndcg(["b", "a", "c", "d", "e"], true) == pytest.approx(
         (100 + 1000 / math.log2(3) + 10 / math.log2(4) + 1 / math.log2(5)) / idcg)
     # only the last item placed first contributes nothing (relevance 0)
-    assert rb.ranking_ndcg(["e"], true) == 0.0
+    assert cm.ranking_ndcg(["e"], true) == 0.0
     # unknown items and repeats score 0; a shorter list is allowed
-    assert rb.ranking_ndcg(["x", "a", "a"], true) == pytest.approx((1000 / math.log2(3)) / idcg)
+    assert cm.ranking_ndcg(["x", "a", "a"], true) == pytest.approx((1000 / math.log2(3)) / idcg)
     # a random order scores 0.6131 in expectation: the paper's Random row (0.6153/0.6100/0.6139)
-    mean = sum(rb.ranking_ndcg(p, true) for p in itertools.permutations(true)) / 120
+    mean = sum(cm.ranking_ndcg(p, true) for p in itertools.permutations(true)) / 120
     assert mean == pytest.approx(0.6131, abs=1e-4)
 
 
 def test_next_item_and_binary_definitions():
-    assert rb.next_item_hit_ndcg([5, 6, 7], 7) == (1.0, pytest.approx(0.5))
-    assert rb.next_item_hit_ndcg([5, 6, 7, 8, 9, 10], 10) == (0.0, 0.0)  # only the first 5 count
+    assert cm.next_item_hit_ndcg([5, 6, 7], 7) == (1.0, pytest.approx(0.5))
+    assert cm.next_item_hit_ndcg([5, 6, 7, 8, 9, 10], 10) == (0.0, 0.0)  # only the first 5 count
     assert rb.yes_cut(0.2, 0.5) == pytest.approx(0.35)
     assert rb.binary_yes(34, 100, 0.2, 0.5) and not rb.binary_yes(35, 100, 0.2, 0.5)
 
