@@ -891,3 +891,12 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     return load_config(args.config, args.overrides)
+
+
+def config_arg(cfg: Config) -> str:
+    """The --config value to print in a hint (relative to the repository when inside it)."""
+    conf = cfg.source_file or "configs/ml100k.yaml"
+    try:
+        return str(Path(conf).resolve().relative_to(cfg.resolve(".").resolve()))
+    except ValueError:
+        return conf

@@ -240,7 +240,7 @@ def figure_columns(modes: list[str]) -> list[Any]:
 def write_figure(cfg: Config, task_type: str, variants: list[Variant], metas: dict[str, dict],
                  results: dict[str, dict[str, dict]], modes: list[str]) -> Path:
     """tables/figure7.{csv,md,png}; returns the CSV path."""
-    from src.report import write_table
+    from core.tables import write_table
 
     cols = figure_columns(modes)
     header = ["Variant", "Excluded", "Train records", *[c.header for c in cols], *[f"n {m}" for m in modes]]

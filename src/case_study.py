@@ -258,7 +258,7 @@ def shown_titles(cfg: Config, titles: Sequence[str], user: UserView) -> list[str
 
 
 def train_command(cfg: Config, method: str, overrides: Sequence[str] = ()) -> str:
-    from src.report import config_arg
+    from core.config import config_arg
 
     extra = "".join(f" --set {o}" for o in overrides)
     return f"bash shell/train.sh {config_arg(cfg)} --task_type {method}{extra}"

@@ -260,7 +260,7 @@ def run_api(cfg: Config, client: Any, records: list[dict], mode: str, rows_path:
     (``eval.api_uid2next_instruction``), and the reply is read as a ranked list
     (:func:`core.metrics.parse_ranked_titles`: numbered / bulleted lines, "; " or inline
     numbering) for HR@5 / NDCG@5. Task 3: the reply's first yes/no decision
-    (src.judge.decision_of, the same reading the explanation judge uses). A request that
+    (core.metrics.decision_of, the same reading the explanation judge uses). A request that
     fails for good is left out and reported; re-running retries it.
     """
     from core.metrics import decision_of

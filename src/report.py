@@ -14,30 +14,24 @@ Task1 H@5, N@5 / Task2 N@5 / Task3 ACC / Task6 HCR. A cell is
 Title-constrained decoding (task 1) is shown on its own "(title-constrained)" row right
 below its method, never in place of the free-decoding figures.
 
-Other stages reuse :func:`render_table` / :func:`write_table` so every table of the
-project has one format.
+The table writer (:func:`core.tables.render_table` / :func:`core.tables.write_table`) is
+shared by every stage, so every table of the project has one format.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import logging
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.config import Config, add_config_args, config_from_args
+from core.config import Config, add_config_args, config_arg, config_from_args
+from core.tables import MISSING, NA, cell_of, metric_value, render_csv, write_table
 from core.utils import StageError, read_json, run_stage, write_text
 
 log = logging.getLogger(__name__)
-
-NA = "N/A"
-MISSING = "-"
-
 
 @dataclass(frozen=True)
 class Column:
@@ -124,101 +118,6 @@ def baseline_metrics_path(cfg: Config, method: str) -> Path:
     return cfg.recmodel_dir / "baselines" / f"{method}.metrics.json"
 
 
-# --------------------------------------------------------------------------- rendering
-
-
-@dataclass(frozen=True)
-class Cell:
-    """A measured value with its 95% interval and the number of records it rests on."""
-
-    value: float
-    lo: float | None = None
-    hi: float | None = None
-    n: int | None = None
-
-    def __str__(self) -> str:
-        text = f"{self.value:.4f}"
-        if self.lo is not None and self.hi is not None and not (math.isnan(self.lo) or math.isnan(self.hi)):
-            text += f" [{self.lo:.3f}, {self.hi:.3f}]"
-        if self.n is not None:
-            text += f" n={self.n}"
-        return text
-
-
-def cell_of(d: dict | None, metric: str) -> Cell | None:
-    """The Cell of `metric` in a metrics dict (value, its ``ci95`` and ``n`` when present)."""
-    value = _value(d, metric)
-    if value is None:
-        return None
-    ci = (d.get("ci95") or {}).get(metric) if isinstance(d.get("ci95"), dict) else None
-    lo, hi = (float(ci[0]), float(ci[1])) if isinstance(ci, (list, tuple)) and len(ci) == 2 else (None, None)
-    n = d.get("n")
-    return Cell(value, lo, hi, int(n) if isinstance(n, (int, float)) and not isinstance(n, bool) else None)
-
-
-def fmt(value: Any) -> str:
-    """A cell: numbers with 4 decimals, None as missing, strings unchanged."""
-    if isinstance(value, Cell):
-        return str(value)
-    if value is None:
-        return MISSING
-    if isinstance(value, (bool, int)):  # counts and steps; metric values are floats
-        return str(value)
-    if isinstance(value, float):
-        return MISSING if math.isnan(float(value)) else f"{float(value):.4f}"
-    return str(value)
-
-
-def render_table(rows: list[list[Any]], columns: list[str]) -> str:
-    """A Markdown pipe table, padded so it also reads well as plain text."""
-    cells = [[fmt(c) for c in row] for row in rows]
-    for r in cells:
-        if len(r) != len(columns):
-            raise ValueError(f"row {r} has {len(r)} cells, table has {len(columns)} columns")
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(columns)]
-
-    def line(vals: list[str]) -> str:
-        return "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"
-
-    out = [line(list(columns)), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    out += [line(r) for r in cells]
-    return "\n".join(out) + "\n"
-
-
-def render_csv(rows: list[list[Any]], columns: list[str]) -> str:
-    """CSV of a table; a column holding Cells gets "<col> lo", "<col> hi" and "<col> n" beside it."""
-    wide = [any(isinstance(r[i], Cell) for r in rows) for i in range(len(columns))]
-    header: list[str] = []
-    for c, w in zip(columns, wide):
-        header += [c, f"{c} lo", f"{c} hi", f"{c} n"] if w else [c]
-    buf = io.StringIO()
-    out = csv.writer(buf, lineterminator="\n")
-    out.writerow(header)
-    for r in rows:
-        line: list[str] = []
-        for c, w in zip(r, wide):
-            if not w:
-                line.append(fmt(c))
-            elif isinstance(c, Cell):
-                line += [fmt(c.value), fmt(c.lo), fmt(c.hi), "" if c.n is None else str(c.n)]
-            else:
-                line += [fmt(c), "", "", ""]
-        out.writerow(line)
-    return buf.getvalue()
-
-
-def write_table(
-    cfg: Config, name: str, rows: list[list[Any]], columns: list[str], title: str = "", notes: list[str] | None = None,
-) -> str:
-    """Write tables/<name>.md and tables/<name>.csv atomically; return the Markdown."""
-    md = (f"**{title}**\n\n" if title else "") + render_table(rows, columns)
-    if notes:
-        md += "\n" + "\n".join(notes) + "\n"
-    write_text(cfg.tables_dir / f"{name}.md", md)
-    write_text(cfg.tables_dir / f"{name}.csv", render_csv(rows, columns))
-    return md
-
-
 # --------------------------------------------------------------------------- table 1
 
 
@@ -229,24 +128,6 @@ def _read_optional(path: Path) -> dict | None:
     if not isinstance(data, dict):
         raise StageError(f"{path}: expected a JSON object of metrics, got {type(data).__name__}")
     return data
-
-
-def _value(d: dict | None, metric: str) -> float | None:
-    if d is None or metric not in d:
-        return None
-    v = d[metric]
-    if not isinstance(v, (int, float)) or isinstance(v, bool):
-        raise StageError(f"metric '{metric}' must be a number, got {v!r}")
-    return float(v)
-
-
-def config_arg(cfg: Config) -> str:
-    """The --config value to print in a hint (relative to the repository when inside it)."""
-    conf = cfg.source_file or "configs/ml100k.yaml"
-    try:
-        return str(Path(conf).resolve().relative_to(cfg.resolve(".").resolve()))
-    except ValueError:
-        return conf
 
 
 def command_for(cfg: Config, method: Method, mode: str, split: str) -> str:
@@ -392,7 +273,7 @@ def alignment_curve(cfg: Config) -> Path | None:
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method_label(m, cfg))
         for (name, get), style in zip(refs.items(), ("--", ":")):
-            v = _value(get(mode), metric)
+            v = metric_value(get(mode), metric)
             if v is not None:
                 ax.axhline(v, linestyle=style, color="grey", label=name)
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1000:.0f}k"))

@@ -13,7 +13,7 @@ earlier stages wrote; nothing is recomputed. Sections, each only when its file e
   of the same prompt id), chosen by a seeded rule (:func:`pick_cases`): one where the
   methods agree, one where only the aligned models match the recommender, one with a
   negative item. A method's decision is the explanation's first yes/no phrase
-  (:func:`src.judge.decision_of`, the deterministic check of Table 2); "the recommender"
+  (:func:`core.metrics.decision_of`, the deterministic check of Table 2); "the recommender"
   is the prompt's label (positive items are drawn from the top 20% of its ranking,
   negative ones from the bottom 50%).
 
@@ -192,7 +192,7 @@ def case_studies(cfg: Config, split: str) -> str:
 
 
 def _conf(cfg: Config) -> str:
-    from src.report import config_arg
+    from core.config import config_arg
 
     return config_arg(cfg)
 

@@ -4,7 +4,8 @@ import csv
 
 from core.config import load_config
 from src.report import main as report_main
-from src.report import Cell, render_csv, render_table, table1
+from core.tables import Cell, render_csv, render_table
+from src.report import table1
 from core.utils import write_json
 
 

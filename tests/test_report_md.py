@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from core.config import load_config
-from src.judge import decision_of
+from core.metrics import decision_of
 from src.report import main as report_main
 from src.report_md import pick_cases
 
