@@ -26,14 +26,8 @@ from typing import Any
 #: separator of titles inside one answer (task records join lists with it)
 TITLE_SEP = "; "
 
-#: inference modes and the metric keys each one reports
-MODE_METRICS: dict[str, tuple[str, ...]] = {
-    "uid2next": ("hr@5", "ndcg@5"),
-    "uidiid2rank": ("ndcg@5",),
-    "uidiid2binary": ("acc",),
-    "uid2hist": ("hcr",),
-    "iid2title": ("acc",),
-}
+#: inference modes and the metric keys each one reports (the registry's)
+from core.registry import MODE_METRICS  # noqa: E402
 
 # One formula per metric for every row of Table 1: the recommender baselines (Random,
 # Popularity, KD-SASRec; recmodel.baselines) are scored with ranking_ndcg / next_item_hit_ndcg on

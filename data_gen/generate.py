@@ -33,35 +33,6 @@ from data_gen.inputs import TopRow
 
 _S = TypeVar("_S")
 
-FORMS = ("behaviour", "intention", "hybrid")
-FORM_CODE = {"behaviour": "b", "intention": "i", "hybrid": "h"}
-
-#: forms each record type is rendered in (see module docstring)
-TYPE_FORMS: dict[str, tuple[str, ...]] = {
-    "uid2next": FORMS,
-    "uidiid2rank": FORMS,
-    "uidiid2binary": FORMS,
-    "iid2title": ("intention",),
-    "iid2description": FORMS,
-    "iid2tags": FORMS,
-    "iid2brand": FORMS,
-    "iid2feature": FORMS,
-    "iid2sim": FORMS,
-    "description2iid": ("behaviour",),
-    "feature2iid": ("behaviour",),
-    "uid2hist": ("intention",),
-    "uid2summary": ("intention", "hybrid"),
-    "explan": FORMS,
-}
-
-#: Table B2 rows
-TASK_OF_TYPE: dict[str, str] = {
-    "uid2next": "Task 1", "uidiid2rank": "Task 2", "uidiid2binary": "Task 3",
-    "iid2title": "Task 4", "iid2description": "Task 4", "iid2tags": "Task 4", "iid2brand": "Task 4",
-    "iid2feature": "Task 4", "iid2sim": "Task 4", "description2iid": "Task 4", "feature2iid": "Task 4",
-    "sharegpt": "Task 5", "uid2hist": "Task 6", "uid2summary": "Task 6",
-}
-
 
 def derived_rng(seed: int, *names: object) -> random.Random:
     """An independent, reproducible generator per purpose (str seeds hash with SHA-512, not

@@ -45,17 +45,18 @@ from typing import Any
 
 from data_gen import templates as T
 from data_gen.generate import (
-    FORM_CODE, TASK_OF_TYPE, TYPE_FORMS, Renderer, Sample, derived_rng, explan_samples, iid2title_eval_samples,
+    Renderer, Sample, derived_rng, explan_samples, iid2title_eval_samples,
     item_samples, per_user_cap, summary_samples, user_samples,
 )
 from data_gen.inputs import TopRow, load_canonical_data, load_item_sim, load_sharegpt, load_top
 from core.config import Config, ConfigError
+from core.registry import EXPLAN_FILES, FORM_CODE, TASK_OF_TYPE, TRAIN_TYPES, TYPE_FORMS
 from core.utils import StageError, atomic_open, sha256_file
 
 log = logging.getLogger(__name__)
 
-ALIGN_FILES = ("behaviour", "intention", "both")
-EXPLAN_FILES = {"behaviour": "behaviour", "intention": "intention", "both": "hybrid", "none": "behaviour"}
+#: alignment data files tasks/<name>_<split>.json: one per trained method (core.registry)
+ALIGN_FILES = TRAIN_TYPES
 FILE_SPLITS = ("train", "valid", "test")
 
 

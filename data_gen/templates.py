@@ -31,8 +31,8 @@ import re
 import string
 from typing import Sequence
 
-USER_TOKEN = "<user>"
-ITEM_TOKEN = "<item>"
+from core.registry import ITEM_TOKEN, USER_TOKEN  # noqa: F401 (defined once, in the registry)
+
 #: separator of titles (and of list answers) everywhere, per DESIGN.md
 SEP = "; "
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import Config, ConfigError, add_config_args, config_from_args
-from src.infer_explan import explain_file, method_display
+from core.registry import explain_file, method_display
 from core.utils import StageError, iter_jsonl, read_json, run_stage, sha256_file, write_json, write_jsonl
 
 log = logging.getLogger("discriminator.data_gen")

@@ -29,7 +29,7 @@ from discriminator.data_gen import data_dir, data_fingerprint
 from discriminator.finetune import fine_tune_predict
 from core.config import Config, add_config_args, config_from_args
 from core.metrics import regression_metrics
-from src.infer_explan import METHOD_ORDER
+from core.registry import EXPLAIN_METHODS
 from core.utils import StageError, read_json, read_jsonl, run_stage, write_json, write_jsonl, write_text
 
 log = logging.getLogger("discriminator.run_reg")
@@ -114,7 +114,7 @@ def run(cfg: Config, methods: list[str] | None = None, force: bool = False) -> d
             f"{dd}: no score-predictor data for {', '.join(unknown) or 'any method'} (available: {available or 'none'}); "
             "generate their explanations, then python -m discriminator.data_gen --force"
         )
-    order = {m: k for k, m in enumerate(METHOD_ORDER)}
+    order = {m: k for k, m in enumerate(EXPLAIN_METHODS)}
     methods = sorted(methods, key=lambda m: (order.get(m, len(order)), m))
     results = {m: train_method(cfg, m, force) for m in methods}
     write_json(out_dir(cfg) / "metrics.json", results)

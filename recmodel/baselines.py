@@ -46,11 +46,12 @@ from recmodel.models import TwoTower, mask_history_
 from recmodel.train import validate_recmodel_config
 from core.config import ConfigError, add_config_args, config_from_args
 from core.metrics import ci95, next_item_hit_ndcg, ranking_ndcg
+from core.registry import BASELINES
 from core.utils import StageError, read_jsonl, resolve_device, setup_logging, write_json
 
 log = logging.getLogger("recmodel.baselines")
 
-METHODS = ("random", "popularity", "kd_sasrec")
+METHODS = BASELINES
 
 
 # --------------------------------------------------------------------------- answers of score-based methods

@@ -70,7 +70,7 @@ class Variant:
 
 def task_order() -> dict[str, int]:
     """Record types in the paper's task order (Table B2), for stable rows and bars."""
-    from data_gen.generate import TASK_OF_TYPE
+    from core.registry import TASK_OF_TYPE
 
     return {t: k for k, t in enumerate(TASK_OF_TYPE)}
 
@@ -88,7 +88,7 @@ def parse_tasks(spec: str | None, present: list[str]) -> list[tuple[str, tuple[s
     """``--tasks`` as (entry name, record types it drops); default: each present type but sharegpt."""
     if not spec:
         return [(t, (t,)) for t in present if t not in NOT_BY_DEFAULT]
-    from data_gen.generate import TASK_OF_TYPE
+    from core.registry import TASK_OF_TYPE
 
     out: list[tuple[str, tuple[str, ...]]] = []
     for entry in (e.strip() for e in spec.split(",")):
@@ -137,7 +137,7 @@ def plan_variants(cfg: Config, task_type: str, tasks: str | None) -> list[Varian
 
 def eval_modes(cfg: Config, task_type: str, modes: str | None) -> list[str]:
     """Modes to measure: ``--modes`` (checked), else pipeline.align_modes the valid file has."""
-    from src.infer_alignment import MODES, task_file
+    from core.registry import MODES, task_file
 
     path = task_file(cfg, task_type, "valid")
     present = set(types_in(path))
@@ -193,7 +193,8 @@ def train_variant(cfg: Config, task_type: str, v: Variant, force: bool, max_step
 def evaluate_variant(cfg: Config, task_type: str, v: Variant, modes: list[str], force: bool,
                      rec_encoder: Any = None) -> dict[str, dict]:
     """Table 1 metrics of one variant's model, per mode, under eval/ablation/<variant>/."""
-    from src.infer_alignment import evaluate, output_paths
+    from src.infer_alignment import evaluate
+    from core.registry import eval_paths
     from src.model import META_FILE, load_trained
 
     method = f"{ABLATION}/{v.name}"
@@ -208,7 +209,7 @@ def evaluate_variant(cfg: Config, task_type: str, v: Variant, modes: list[str], 
             shutil.rmtree(eval_dir)
         write_json(record_path, {"variant": v.name, "model_dir": str(v.model_dir), "meta_sha256": sha,
                                  "exclude": list(v.exclude)})
-    todo = [m for m in modes if not output_paths(cfg, method, m, "valid")["metrics"].is_file()]
+    todo = [m for m in modes if not eval_paths(cfg, method, m, "valid")["metrics"].is_file()]
     if not todo:
         log.info("%s: every mode already evaluated; skipping", v.name)
     loaded = None
@@ -232,7 +233,7 @@ def evaluate_variant(cfg: Config, task_type: str, v: Variant, modes: list[str], 
 
 def figure_columns(modes: list[str]) -> list[Any]:
     """Table 1 columns (src.report) of the evaluated modes, in the paper's order."""
-    from src.report import TABLE1_COLUMNS
+    from core.registry import TABLE1_COLUMNS
 
     return [c for c in TABLE1_COLUMNS if c.mode in modes]
 
@@ -296,7 +297,7 @@ def run_ablation(cfg: Config, task_type: str = "both", tasks: str | None = None,
 
     `rec_encoder` overrides the recommender loaded from recmodel/ (tests, benchmarks).
     """
-    from src.model import TASK_TYPES
+    from core.registry import TRAIN_TYPES as TASK_TYPES
 
     if task_type not in TASK_TYPES:
         raise ConfigError(f"--task_type must be one of {', '.join(TASK_TYPES)}, got {task_type!r}")
@@ -315,7 +316,7 @@ def run_ablation(cfg: Config, task_type: str = "both", tasks: str | None = None,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from src.model import TASK_TYPES
+    from core.registry import TRAIN_TYPES as TASK_TYPES
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(p)

@@ -21,7 +21,7 @@ What it prints, in order:
    (transformers ``TextStreamer``) when stdout is a terminal.
 
 Prompts are rendered by data_gen's own :class:`data_gen.generate.Renderer` in the form each
-method was trained on (``data_gen.pipeline.EXPLAN_FILES``: none/behaviour = titles,
+method was trained on (``core.registry.EXPLAN_FILES``: none/behaviour = titles,
 intention = ``<user>``/``<item>``, both = marker followed by titles), with the history bound
 to ``<user>`` being the last ``recmodel.max_seq_len`` items and the titles shown the last
 ``data_gen.max_hist_len``, so a (user, item) of ``explain/<method>_valid.jsonl`` gets
@@ -76,12 +76,13 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from core.config import Config, ConfigError, add_config_args, config_from_args
+from core.registry import CASE_STUDY_METHODS, EXPLAN_FILES, method_display
 from core.utils import StageError, resolve_device, run_stage, set_seed, setup_logging
 
 log = logging.getLogger("src.case_study")
 
 #: methods in the order they are shown (unaligned first, as Table 2)
-METHODS = ("none", "behaviour", "intention", "both")
+METHODS = CASE_STUDY_METHODS
 POSITIONS = ("test", "valid", "full")
 TOP_K = 5
 #: Figure B2's first task-3 template: the same sentence the explanation instruction starts with
@@ -228,7 +229,6 @@ def build_records(cfg: Config, titles: Sequence[str], user: UserView, iid: int, 
     """(yes/no record, explanation record) for one method, rendered by data_gen's Renderer."""
     from data_gen import templates as T
     from data_gen.generate import Renderer, Sample
-    from data_gen.pipeline import EXPLAN_FILES
     from src.infer_explan import add_aspect
 
     form = EXPLAN_FILES[method]
@@ -266,7 +266,6 @@ def train_command(cfg: Config, method: str, overrides: Sequence[str] = ()) -> st
 
 def check_trained(cfg: Config, methods: Sequence[str], overrides: Sequence[str] = ()) -> None:
     """Every aligned method asked for has a finished training run, else one clear error."""
-    from src.infer_explan import method_display
     from src.model import META_FILE
 
     for m in methods:
@@ -350,7 +349,6 @@ def run(
     replaces the recommender loaded from recmodel/model.pt (tests, notebooks).
     """
     from preprocess.dataset import load_canonical
-    from src.infer_explan import method_display
 
     if (uid is None) == (history is None):
         raise StageError("give exactly one of --user UID or --history \"title; title; ...\"")

@@ -27,13 +27,11 @@ from typing import Any
 import torch
 
 from core.config import Config, ConfigError
+from core.registry import ITEM_TOKEN, MARKER_TOKENS, USER_TOKEN
 from core.utils import StageError
 
 log = logging.getLogger(__name__)
 
-USER_TOKEN = "<user>"
-ITEM_TOKEN = "<item>"
-MARKER_TOKENS = (USER_TOKEN, ITEM_TOKEN)
 
 #: FastChat's Vicuna v1.1 system prompt (the original code trains Vicuna-7B with it)
 VICUNA_SYSTEM = (

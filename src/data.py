@@ -98,7 +98,7 @@ def mix_tasks(records: list[dict], mix: dict[str, float], total: int, seed: int,
     bad = [t for t, w in mix.items() if not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0]
     if bad:
         raise ConfigError(f"train.task_mix.{bad[0]} must be a non-negative number, got {mix[bad[0]]!r}")
-    from data_gen.generate import FORMS, TYPE_FORMS
+    from core.registry import FORMS, TYPE_FORMS
 
     known_types = set(TYPE_FORMS) | {"sharegpt"}
     for key in mix:

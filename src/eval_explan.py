@@ -29,7 +29,7 @@ from typing import Any
 
 from core.api_client import ChatClient
 from core.config import Config, ConfigError, add_config_args, config_from_args
-from src.infer_explan import METHOD_ORDER, explain_file, method_display
+from core.registry import EXPLAIN_METHODS as METHOD_ORDER, explain_file, method_display
 from core.metrics import decision_summary, normalise_label, rating_summary
 from src.judge import explanation_sha, judge_many, judge_messages
 from core.utils import JsonlAppender, StageError, iter_jsonl, run_stage, write_json, write_text

@@ -36,7 +36,6 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from src.chat import (
-    MARKER_TOKENS,
     VICUNA_SYSTEM,
     chat_format,
     collate_for_generation,
@@ -48,6 +47,7 @@ from src.chat import (
 )
 from core.config import Config
 from core.metrics import yes_no_decision
+from core.registry import MARKER_TOKENS
 from core.utils import StageError
 
 log = logging.getLogger(__name__)

@@ -37,13 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from core.config import Config, ConfigError, add_config_args, config_from_args
-from core.metrics import MODE_METRICS, compute_metrics, parse_ranked_titles
+from core.metrics import compute_metrics, parse_ranked_titles
+from core.registry import ALIGN_TASK_TYPES, LIST_MODES, MODE_METRICS, MODES, eval_paths, task_file
 from core.utils import JsonlAppender, StageError, read_json, resolve_device, run_stage, set_seed, write_json
 
 log = logging.getLogger(__name__)
 
-TASK_TYPES = ("behaviour", "intention", "both", "none", "gpt4")
-MODES = tuple(MODE_METRICS)
+TASK_TYPES = ALIGN_TASK_TYPES
 #: modes answered with a list of titles (longer outputs)
 LIST_MODES = ("uidiid2rank", "uid2hist")
 #: the "Yes"/"No" mode: scored, not generated
@@ -55,23 +55,6 @@ API_CHUNK = 32
 def method_name(task_type: str, icl: bool) -> str:
     """Folder name of a method under eval/ (report.py reads the same names)."""
     return f"{task_type}_icl" if icl else task_type
-
-
-def task_file(cfg: Config, task_type: str, split: str) -> Path:
-    """Task file a method is evaluated on: unaligned baselines read the text-only tasks."""
-    src = "behaviour" if task_type in ("none", "gpt4") else task_type
-    return cfg.tasks_dir / f"{src}_{split}.json"
-
-
-def output_paths(cfg: Config, method: str, mode: str, split: str) -> dict[str, Path]:
-    base = cfg.eval_dir / method
-    if split != "valid":
-        base = base / split
-    return {
-        "rows": base / f"{mode}.jsonl",
-        "constrained_rows": base / f"{mode}.constrained.jsonl",
-        "metrics": base / f"{mode}.metrics.json",
-    }
 
 
 # --------------------------------------------------------------------------- records
@@ -326,7 +309,7 @@ def evaluate(
     constrained = cfg.eval.constrained if constrained is None else constrained
     constrained = constrained and mode == "uid2next" and not use_api
     method = method or method_name(task_type, icl)
-    paths = output_paths(cfg, method, mode, split)
+    paths = eval_paths(cfg, method, mode, split)
 
     if force:
         for key in ("rows", "constrained_rows", "metrics"):

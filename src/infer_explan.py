@@ -34,43 +34,15 @@ from pathlib import Path
 from typing import Any
 
 from core.config import Config, ConfigError, add_config_args, config_from_args
+from core.registry import EXPLAIN_TASK_TYPES, explain_file, method_display
 from core.utils import JsonlAppender, StageError, read_json, resolve_device, run_stage, set_seed
 
 log = logging.getLogger("src.infer_explan")
 
-#: Table 2's row order: unaligned LLM, API model, RecExplainer-B/I/H
-METHOD_ORDER = ("none", "chatgpt", "behaviour", "intention", "both")
-MODEL_TASK_TYPES = ("behaviour", "intention", "both", "none")
 SPLITS = ("valid", "train", "test")
 
 
-# --------------------------------------------------------------------------- naming
-
-
-def aspect_slug(aspect: str) -> str:
-    """File-name-safe form of an aspect ("game platforms" -> "game-platforms")."""
-    slug = re.sub(r"[^a-z0-9]+", "-", aspect.lower()).strip("-")[:40].strip("-")
-    if not slug:
-        raise ConfigError(f"aspect {aspect!r} has no letters or digits to name its output file")
-    return slug
-
-
-def explain_file(cfg: Config, method: str, split: str, aspect: str = "") -> Path:
-    """explain/<method>_<split>.jsonl, or explain/<method>_<split>_aspect-<slug>.jsonl."""
-    suffix = f"_aspect-{aspect_slug(aspect)}" if aspect else ""
-    return cfg.explain_dir / f"{method}_{split}{suffix}.jsonl"
-
-
-def method_display(cfg: Config, method: str) -> str:
-    """The method's name in Tables 2/3 and Figure 4 (paper names where they apply)."""
-    if method == "none":
-        base = Path(cfg.llm.base_model.rstrip("/")).name or cfg.llm.base_model
-        return f"{base} (unaligned)"
-    if method == "chatgpt":
-        model = cfg.explain.chatgpt_model or cfg.api.model
-        return f"ChatGPT-style API ({model})" if model else "ChatGPT-style API"
-    names = {"behaviour": "RecExplainer-B", "intention": "RecExplainer-I", "both": "RecExplainer-H"}
-    return names.get(method, method)
+# --------------------------------------------------------------------------- prompts
 
 
 def add_aspect(question: str, aspect: str, cfg: Config) -> str:
@@ -191,8 +163,8 @@ def run(
 
     `model_and_tokenizer` lets a caller reuse an already-loaded model (e.g. several aspects).
     """
-    if task_type not in (*MODEL_TASK_TYPES, "chatgpt"):
-        raise ConfigError(f"--task_type must be one of {', '.join((*MODEL_TASK_TYPES, 'chatgpt'))}, got {task_type!r}")
+    if task_type not in EXPLAIN_TASK_TYPES:
+        raise ConfigError(f"--task_type must be one of {', '.join(EXPLAIN_TASK_TYPES)}, got {task_type!r}")
     if split not in SPLITS:
         raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     set_seed(cfg.seed)
@@ -277,7 +249,7 @@ def _run_api(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_config_args(parser)
-    parser.add_argument("--task_type", required=True, choices=(*MODEL_TASK_TYPES, "chatgpt"),
+    parser.add_argument("--task_type", required=True, choices=EXPLAIN_TASK_TYPES,
                         help="behaviour|intention|both (RecExplainer-B/I/H), none (base LLM), chatgpt (API model)")
     parser.add_argument("--split", default="valid", choices=SPLITS, help="prompt split (default: %(default)s)")
     parser.add_argument("--aspect", default=None, help="controllable explanation: the perspective to explain from (default: explain.aspect)")

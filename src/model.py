@@ -38,14 +38,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.chat import ITEM_TOKEN, MARKER_TOKENS, USER_TOKEN, marker_ids
+from src.chat import marker_ids
 from core.config import Config, ConfigError
+from core.registry import ITEM_TOKEN, LOADABLE_TASK_TYPES, MARKER_TOKENS, TRAIN_TYPES, USER_TOKEN
 from core.utils import StageError, model_dir_or_hub_id, read_json, weight_file_problem
 
 log = logging.getLogger(__name__)
 
-TASK_TYPES = ("behaviour", "intention", "both")
-LOADABLE_TASK_TYPES = TASK_TYPES + ("none",)
+TASK_TYPES = TRAIN_TYPES
 PROJECTORS_FILE = "projectors.pt"
 META_FILE = "meta.json"
 

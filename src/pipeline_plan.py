@@ -13,16 +13,13 @@ import shlex
 import sys
 
 from core.config import Config, ConfigError, add_config_args, config_from_args
+from core.registry import API_METHODS, EMBEDDING_METHODS, EXPLAIN_METHODS, TABLE1_METHODS, TRAIN_TYPES
 
 log = logging.getLogger(__name__)
 
-#: methods whose prompts carry recommender embeddings; only they can do task 6 (uid2hist)
-EMBEDDING_METHODS = {"intention", "both"}
-#: methods that need an OpenAI-compatible endpoint
-API_METHODS = {"gpt4_icl", "chatgpt"}
-KNOWN_TRAIN = {"behaviour", "intention", "both"}
-KNOWN_ALIGN = {"none", "none_icl", "gpt4_icl"} | KNOWN_TRAIN
-KNOWN_EXPLAIN = {"none", "chatgpt"} | KNOWN_TRAIN
+KNOWN_TRAIN = set(TRAIN_TYPES)
+KNOWN_ALIGN = {m.name for m in TABLE1_METHODS if m.kind != "baseline"}
+KNOWN_EXPLAIN = set(EXPLAIN_METHODS)
 
 
 def api_available(cfg: Config) -> bool:

@@ -25,13 +25,13 @@ import torch
 from core.config import Config, ConfigError
 from src.data import subsample
 from core.metrics import MODE_METRICS, compute_metrics
+from core.registry import PROBE_MODES
 from core.utils import JsonlAppender
 
 log = logging.getLogger(__name__)
 
 PROBE_FILE = "probe.jsonl"
 #: modes a probe can measure (generation with beams, or Yes/No scoring)
-PROBE_MODES = ("uid2next", "uidiid2binary", "uidiid2rank")
 
 
 def probe_records(cfg: Config, records: list[dict]) -> dict[str, list[dict]]:

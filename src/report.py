@@ -23,99 +23,18 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from core.config import Config, add_config_args, config_arg, config_from_args
+from core.registry import (
+    TABLE1_COLUMNS, TABLE1_METHODS, TRAIN_TYPES, Method, base_model_name, baseline_metrics_path, eval_metrics_path,
+    method_label, not_applicable,
+)
 from core.tables import MISSING, NA, cell_of, metric_value, render_csv, write_table
 from core.utils import StageError, read_json, run_stage, write_text
 
 log = logging.getLogger(__name__)
-
-@dataclass(frozen=True)
-class Column:
-    header: str
-    mode: str
-    metric: str
-
-
-#: Table 1 columns in the paper's order
-TABLE1_COLUMNS: tuple[Column, ...] = (
-    Column("Task1 H@5", "uid2next", "hr@5"),
-    Column("Task1 N@5", "uid2next", "ndcg@5"),
-    Column("Task2 N@5", "uidiid2rank", "ndcg@5"),
-    Column("Task3 ACC", "uidiid2binary", "acc"),
-    Column("Task6 HCR", "uid2hist", "hcr"),
-)
-
-
-@dataclass(frozen=True)
-class Method:
-    key: str  # method name on disk
-    kind: str  # "baseline" (recmodel/baselines) | "llm" (eval/<key>/)
-    task_type: str = ""  # --task_type for src.infer_alignment
-    icl: bool = False
-
-
-#: Table 1 rows in the paper's order
-TABLE1_METHODS: tuple[Method, ...] = (
-    Method("random", "baseline"),
-    Method("popularity", "baseline"),
-    Method("none", "llm", "none"),
-    Method("none_icl", "llm", "none", icl=True),
-    Method("gpt4_icl", "llm", "gpt4", icl=True),
-    Method("kd_sasrec", "baseline"),
-    Method("behaviour", "llm", "behaviour"),
-    Method("intention", "llm", "intention"),
-    Method("both", "llm", "both"),
-)
-
-#: methods whose prompts carry the recommender's user embedding: the only ones that can do
-#: task 6 (history reconstruction) -- the paper's Table 1 marks it N/A for every other row
-EMBEDDING_METHODS = frozenset({"intention", "both"})
-
-
-def not_applicable(method: str, mode: str) -> bool:
-    """Whether the paper's Table 1 marks (method, task) N/A (a file with a value wins)."""
-    if mode == "uid2hist":
-        return method not in EMBEDDING_METHODS
-    if mode == "uidiid2binary":
-        return method == "popularity"  # no per-user score to threshold
-    return False
-
-
-def base_model_name(cfg: Config) -> str:
-    """Row label of the unaligned LLM: the last path part of llm.base_model."""
-    name = Path(cfg.llm.base_model.rstrip("/")).name or cfg.llm.base_model
-    return "tiny-llama" if name == "tiny" else name
-
-
-def method_label(method: str, cfg: Config) -> str:
-    base = base_model_name(cfg)
-    return {
-        "random": "Random",
-        "popularity": "Popularity",
-        "none": base,
-        "none_icl": f"{base}-ICL",
-        "gpt4_icl": "GPT4-ICL",
-        "kd_sasrec": "KD-SASRec",
-        "behaviour": "RecExplainer-B",
-        "intention": "RecExplainer-I",
-        "both": "RecExplainer-H",
-    }.get(method, method)
-
-
-def eval_metrics_path(cfg: Config, method: str, mode: str, split: str = "valid") -> Path:
-    """Where src.infer_alignment writes a method's metrics (valid at the top, test below)."""
-    base = cfg.eval_dir / method
-    if split != "valid":
-        base = base / split
-    return base / f"{mode}.metrics.json"
-
-
-def baseline_metrics_path(cfg: Config, method: str) -> Path:
-    return cfg.recmodel_dir / "baselines" / f"{method}.metrics.json"
 
 
 # --------------------------------------------------------------------------- table 1
@@ -154,24 +73,24 @@ def table1(
     rows: list[list[Any]] = []
     commands: list[str] = []
     for m in TABLE1_METHODS:
-        row: list[Any] = [method_label(m.key, cfg)]
-        constrained_row: list[Any] = [f"{method_label(m.key, cfg)} (title-constrained)"]
+        row: list[Any] = [method_label(m.name, cfg)]
+        constrained_row: list[Any] = [f"{method_label(m.name, cfg)} (title-constrained)"]
         has_constrained = False
-        baseline = _read_optional(baseline_metrics_path(cfg, m.key)) if m.kind == "baseline" else None
+        baseline = _read_optional(baseline_metrics_path(cfg, m.name)) if m.kind == "baseline" else None
         if baseline is not None and notes is not None:
             if baseline.get("note"):
-                notes.append(f"{method_label(m.key, cfg)}: {baseline['note']}.")
+                notes.append(f"{method_label(m.name, cfg)}: {baseline['note']}.")
             want = cfg.data_gen.eval_split if split == "valid" else split
             if baseline.get("split") and baseline["split"] != want:
-                notes.append(f"{method_label(m.key, cfg)}: scored on the recommender's {baseline['split']} rows, "
+                notes.append(f"{method_label(m.name, cfg)}: scored on the recommender's {baseline['split']} rows, "
                              f"the LLM rows on {want} rows.")
         for col in TABLE1_COLUMNS:
             try:
                 if m.kind == "baseline":
                     d = baseline.get(col.mode) if baseline else None
-                    path = baseline_metrics_path(cfg, m.key)
+                    path = baseline_metrics_path(cfg, m.name)
                 else:
-                    path = eval_metrics_path(cfg, m.key, col.mode, split)
+                    path = eval_metrics_path(cfg, m.name, col.mode, split)
                     d = _read_optional(path)
                 value = cell_of(d, col.metric)
                 cvalue = cell_of(d.get("constrained"), col.metric) if isinstance(d, dict) and isinstance(
@@ -180,7 +99,7 @@ def table1(
                 raise StageError(f"{path}: {e}") from None
             if value is not None:
                 row.append(value)
-            elif not_applicable(m.key, col.mode):
+            elif not_applicable(m.name, col.mode):
                 row.append(NA)
             else:
                 row.append(MISSING)
@@ -230,7 +149,7 @@ def other_tables(cfg: Config) -> str:
 
 #: the learning-curve panels: (mode, metric, axis label)
 CURVE_PANELS = (("uid2next", "hr@5", "Task 1 HR@5"), ("uidiid2binary", "acc", "Task 3 ACC"))
-CURVE_METHODS = ("behaviour", "intention", "both")
+CURVE_METHODS = TRAIN_TYPES
 
 
 def alignment_curve(cfg: Config) -> Path | None:

@@ -31,15 +31,13 @@ from collections import Counter
 from pathlib import Path
 
 from core.config import Config
+from core.registry import ALIGNED, EXPLAIN_METHODS, UNALIGNED, method_display
 from core.utils import read_json, read_jsonl, write_text
 
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "REPORT.md"
 #: explanation methods in Table 2's order; the first two are not aligned to the recommender
-EXPLAIN_METHODS = ("none", "chatgpt", "behaviour", "intention", "both")
-UNALIGNED = ("none", "chatgpt")
-ALIGNED = ("behaviour", "intention", "both")
 CASE_RULES = (
     ("agree", "the methods agree"),
     ("aligned_only", "only the aligned models match the recommender"),
@@ -137,7 +135,6 @@ def pick_cases(by_method: dict[str, dict[str, dict]], seed: int) -> list[tuple[s
 
 def render_case(cfg: Config, k: int, rule: str, rid: str, by_method: dict[str, dict[str, dict]],
                 split: str) -> str:
-    from src.infer_explan import method_display
 
     first = next(iter(by_method.values()))[rid]
     label = str(first.get("label"))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from core import registry
 from src import infer_explan
 from core.utils import StageError, read_jsonl
 from tests.fixtures_explan import FakeOpenAI, clear_api_env, tiny_cfg
@@ -118,7 +119,7 @@ def test_missing_or_bad_prompts(tmp_path):
         infer_explan.run(cfg, "none", "valid")
     assert infer_explan.main(["--config", "configs/tiny.yaml", "--set", f"paths.root={tmp_path / 'out'}",
                               "--task_type", "none"]) == 2
-    assert infer_explan.aspect_slug("Game Platforms!") == "game-platforms"
+    assert registry.aspect_slug("Game Platforms!") == "game-platforms"
 
 
 @pytest.mark.slow

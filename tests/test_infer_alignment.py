@@ -5,7 +5,8 @@ import json
 import pytest
 
 import src.infer_alignment as ia
-from src.infer_alignment import attach_icl_examples, evaluate, load_eval_records, main, output_paths
+from core.registry import eval_paths as output_paths
+from src.infer_alignment import attach_icl_examples, evaluate, load_eval_records, main
 from core.utils import JsonlAppender, read_jsonl
 from tests.fixtures_eval import TITLES, load_tiny_explainer, setup_eval_root
 from tests.fixtures_explan import FakeOpenAI, clear_api_env
