@@ -34,23 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from core.config import Config, ConfigError, add_config_args, config_from_args
+from discriminator.files import data_dir, data_fingerprint
 from core.registry import explain_file, method_display
 from core.utils import StageError, iter_jsonl, read_json, run_stage, sha256_file, write_json, write_jsonl
 
 log = logging.getLogger("discriminator.data_gen")
-
-
-def data_dir(cfg: Config) -> Path:
-    # not "data": core.utils names the preprocess stage for a missing file under any "data" folder
-    return cfg.discriminator_dir / "datasets"
-
-
-def data_fingerprint(*paths: Path) -> str:
-    """sha256 over data files: a trained model's metrics are reused only for the same data."""
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        raise StageError(f"missing discriminator data {missing[0]} (written by python -m discriminator.data_gen; run it first)")
-    return "-".join(sha256_file(p)[:16] for p in paths)
 
 
 def input_files(cfg: Config, methods: list[str]) -> dict[str, str]:

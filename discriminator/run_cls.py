@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from discriminator.data_gen import data_dir, data_fingerprint
+from discriminator.files import data_dir, data_fingerprint
 from discriminator.finetune import fine_tune_predict
 from core.config import Config, add_config_args, config_from_args
 from core.metrics import classification_metrics

@@ -43,7 +43,7 @@ from recmodel.data import RecData, load_rec_data, padded_full, right_aligned
 from recmodel.encoder import load_model_file
 from recmodel.kd import train_student
 from recmodel.models import TwoTower, mask_history_
-from recmodel.train import validate_recmodel_config
+from recmodel.models import validate_recmodel_config
 from core.config import ConfigError, add_config_args, config_from_args
 from core.metrics import ci95, next_item_hit_ndcg, ranking_ndcg
 from core.registry import BASELINES

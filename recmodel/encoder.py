@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from recmodel.data import realign_right
-from recmodel.models import TwoTower, build_model
+from recmodel.data import padded_full, realign_right, right_aligned
+from recmodel.models import TwoTower, build_model, mask_history_
 from core.utils import StageError, atomic_open, resolve_device
 
 log = logging.getLogger(__name__)
@@ -179,3 +179,9 @@ def load_rec_encoder(cfg: Any, device: str = "cpu", path: str | Path | None = No
     log.info("loaded %s recommender from %s (dim %d, %d items)", payload["arch"].get("model"), path,
              model.hidden_size, model.n_items)
     return RecEncoder(model, info)
+
+
+def masked_scores(encoder: RecEncoder, hists: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(raw scores, scores with the whole history and padding at -inf), both (B, N + 1)."""
+    scores = encoder.score(right_aligned(hists, encoder.max_seq_len)).float()
+    return scores, mask_history_(scores.clone(), padded_full(hists).to(scores.device))

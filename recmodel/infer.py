@@ -39,10 +39,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from recmodel.data import RecData, load_rec_data, padded_full, right_aligned
-from recmodel.encoder import RecEncoder, load_rec_encoder
-from recmodel.models import mask_history_
-from recmodel.train import validate_recmodel_config
+from recmodel.data import RecData, load_rec_data
+from recmodel.encoder import RecEncoder, load_rec_encoder, masked_scores
+from recmodel.models import validate_recmodel_config
 from core.config import ConfigError, add_config_args, config_from_args
 from core.utils import StageError, setup_logging, write_json, write_jsonl
 
@@ -72,12 +71,6 @@ def positions(data: RecData, split: str, train_cap: int) -> list[Position]:
         else:
             raise ValueError(f"unknown split {split!r}")
     return out
-
-
-def masked_scores(encoder: RecEncoder, hists: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(raw scores, scores with the whole history and padding at -inf), both (B, N + 1)."""
-    scores = encoder.score(right_aligned(hists, encoder.max_seq_len)).float()
-    return scores, mask_history_(scores.clone(), padded_full(hists).to(scores.device))
 
 
 @torch.no_grad()

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.config import ConfigError
+
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "swish": nn.SiLU, "silu": nn.SiLU}
 MODELS = ("sasrec", "mf")
 LOSSES = ("ce", "bce")
@@ -228,3 +230,25 @@ def mask_history_(scores: torch.Tensor, full_histories: torch.Tensor) -> torch.T
     scores.scatter_(1, full_histories, -math.inf)
     scores[:, 0] = -math.inf
     return scores
+
+
+def validate_recmodel_config(rc: Any, where: str = "recmodel") -> None:
+    """Reject impossible settings up front, naming the key (ConfigError)."""
+    if rc.model not in MODELS:
+        raise ConfigError(f"{where}.model must be one of {MODELS}, got {rc.model!r}")
+    if rc.loss not in LOSSES:
+        raise ConfigError(f"{where}.loss must be one of {LOSSES}, got {rc.loss!r}")
+    for key in ("hidden_size", "num_layers", "num_heads", "inner_size", "max_seq_len", "batch_size", "epochs",
+                "patience", "num_negatives", "export_topk", "sim_topk"):
+        if getattr(rc, key) < (0 if key == "num_layers" else 1):
+            raise ConfigError(f"{where}.{key} must be positive, got {getattr(rc, key)}")
+    if rc.hidden_size % rc.num_heads:
+        raise ConfigError(f"{where}.hidden_size ({rc.hidden_size}) must be divisible by num_heads ({rc.num_heads})")
+    if not 0 < rc.pos_cut < 1 or not 0 < rc.neg_cut < 1 or rc.pos_cut + rc.neg_cut > 1:
+        raise ConfigError(f"{where}.pos_cut/neg_cut must be in (0, 1) with pos_cut + neg_cut <= 1")
+    if not rc.eval_ks or min(rc.eval_ks) < 1:
+        raise ConfigError(f"{where}.eval_ks must be a non-empty list of positive integers")
+    if rc.grad_clip < 0:
+        raise ConfigError(f"{where}.grad_clip must be >= 0 (0 = no clipping), got {rc.grad_clip}")
+    if not 0 <= rc.lr_plateau_factor < 1:
+        raise ConfigError(f"{where}.lr_plateau_factor must be in [0, 1) (0 = constant lr), got {rc.lr_plateau_factor}")

@@ -198,7 +198,7 @@ def recommender_view(encoder: Any, history: list[int], iid: int | None, titles: 
     `iid` None: the recommender's top-1 item."""
     import torch
 
-    from recmodel.infer import masked_scores
+    from recmodel.encoder import masked_scores
 
     raw, masked = masked_scores(encoder, [history])
     raw, masked = raw[0].float().cpu(), masked[0].float().cpu()
@@ -229,7 +229,7 @@ def build_records(cfg: Config, titles: Sequence[str], user: UserView, iid: int, 
     """(yes/no record, explanation record) for one method, rendered by data_gen's Renderer."""
     from data_gen import templates as T
     from data_gen.generate import Renderer, Sample
-    from src.infer_explan import add_aspect
+    from src.chat import add_aspect
 
     form = EXPLAN_FILES[method]
     hist = tuple(user.history[-cfg.recmodel.max_seq_len:])

@@ -373,3 +373,12 @@ def collate_for_generation(
         attention_mask[b, width - len(r) :] = 1
     u, i = pad_markers(users, items, L)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "user_histories": u, "item_ids": i}
+
+
+def add_aspect(question: str, aspect: str, cfg: Config) -> str:
+    """The question with the controllable-explanation instruction appended."""
+    try:
+        instruction = cfg.explain.aspect_template.format(aspect=aspect.strip())
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(f"explain.aspect_template must contain only the field {{aspect}}: {e}") from None
+    return f"{question.rstrip()} {instruction}"

@@ -35,23 +35,12 @@ from typing import Any
 
 from core.config import Config, ConfigError, add_config_args, config_from_args
 from core.registry import EXPLAIN_TASK_TYPES, explain_file, method_display
+from src.chat import add_aspect
 from core.utils import JsonlAppender, StageError, read_json, resolve_device, run_stage, set_seed
 
 log = logging.getLogger("src.infer_explan")
 
 SPLITS = ("valid", "train", "test")
-
-
-# --------------------------------------------------------------------------- prompts
-
-
-def add_aspect(question: str, aspect: str, cfg: Config) -> str:
-    """The question with the controllable-explanation instruction appended."""
-    try:
-        instruction = cfg.explain.aspect_template.format(aspect=aspect.strip())
-    except (KeyError, IndexError, ValueError) as e:
-        raise ConfigError(f"explain.aspect_template must contain only the field {{aspect}}: {e}") from None
-    return f"{question.rstrip()} {instruction}"
 
 
 # --------------------------------------------------------------------------- inputs
