@@ -157,17 +157,21 @@ EXPLANATION: str = (
 #: General instructions for the offline ShareGPT stand-in (``data_gen.sharegpt_replay``):
 #: the base LLM answers them once (src.replay) and those answers are replayed as task-5
 #: conversations. Not from the paper (it uses ShareGPT); written here so that the answers
-#: are open-ended prose about the catalogue, the skill an explanation needs, without any
-#: recommender decision in them. Slots: {title}, {tags}, {titles} (three titles), {other}.
+#: are open-ended prose about the catalogue, the skill an explanation needs. The last two
+#: ask for a judgement *and* its reasons, the shape of the explanation prompt (3.1.2):
+#: without them a small model trained on Yes/No answers replies to that prompt with a bare
+#: "Yes". Their judgements are the base LLM's own taste, never the recommender's.
+#: Slots: {title}, {tags}, {titles} (three titles), {other}.
 REPLAY: tuple[str, ...] = (
     "Tell me about {title}. What is it about, and what makes it worth a look?",
     "Write a short review of {title} ({tags}).",
     "What kind of person would enjoy {title}? Explain your reasoning.",
     "Someone recently enjoyed {titles}. Describe what these have in common and what it says about their taste.",
     "Compare {title} and {other}: how are they similar, and how do they differ?",
-    "Explain to a friend why they might or might not like {title}, which is described as {tags}.",
     "Describe the typical traits of {tags} titles, using {title} as an example.",
-    "Suggest three questions a discussion group could talk about after {title}.",
+    "Would someone who enjoyed {titles} also enjoy {title}? Give your answer and explain why, "
+    "from what these titles have in common.",
+    "A friend liked {titles}. Should they try {title} ({tags})? Answer, then explain your reasoning.",
 )
 
 #: templates per record type (task 4 types share one list; reverse types share another)
