@@ -308,6 +308,10 @@ class ExplainConfig:
     #: explanations are at least this long (end token suppressed before; 0 = off; the
     #: original's infer_explan.sh: 150)
     min_new_tokens: int = 0
+    #: HF generate's repetition_penalty (1.0 = off, the original: greedy with no penalty)
+    repetition_penalty: float = 1.0
+    #: HF generate's no_repeat_ngram_size (0 = off, the original)
+    no_repeat_ngram_size: int = 0
     batch_size: int = 4
     #: cap on explanation prompts per split (0 = all)
     max_samples: int = 0

@@ -296,13 +296,9 @@ def yes_no(model: Any, tokenizer: Any, record: dict, cfg: Config) -> dict[str, A
 
 def explain(model: Any, tokenizer: Any, record: dict, cfg: Config, stream: bool = False) -> str:
     """The explanation, generated exactly as src.infer_explan does; printed as it grows if `stream`."""
-    from src.generation import generate_texts
+    from src.generation import explanation_kwargs, generate_texts
 
-    n_min = cfg.explain.min_new_tokens
-    if n_min < 0 or n_min > cfg.explain.max_new_tokens:
-        raise ConfigError(f"explain.min_new_tokens must be in 0..explain.max_new_tokens "
-                          f"({cfg.explain.max_new_tokens}), got {n_min}")
-    kwargs: dict[str, Any] = {"min_new_tokens": n_min} if n_min else {}
+    kwargs: dict[str, Any] = explanation_kwargs(cfg)
     if stream:
         from transformers import TextStreamer
 

@@ -45,7 +45,7 @@ from src.chat import (
     marker_inputs,
     pad_markers,
 )
-from core.config import Config
+from core.config import Config, ConfigError
 from core.metrics import yes_no_decision
 from core.registry import MARKER_TOKENS
 from core.utils import StageError
@@ -327,6 +327,30 @@ def generate_texts(
         return [texts[j * num_return_sequences : (j + 1) * num_return_sequences] for j in range(len(recs))]
 
     return _map_batches(model, records, batch_size, run, on_batch, desc)
+
+
+def explanation_kwargs(cfg: Config) -> dict[str, Any]:
+    """The generate() options of an explanation (cfg.explain), shared by every caller.
+
+    Only options that differ from HF's defaults are passed, so the paper profiles decode
+    exactly as the original (greedy, min 150 tokens, no penalties).
+    """
+    e = cfg.explain
+    if e.min_new_tokens < 0 or e.min_new_tokens > e.max_new_tokens:
+        raise ConfigError(f"explain.min_new_tokens must be in 0..explain.max_new_tokens ({e.max_new_tokens}), "
+                          f"got {e.min_new_tokens}")
+    if e.repetition_penalty <= 0:
+        raise ConfigError(f"explain.repetition_penalty must be > 0 (1.0 = off), got {e.repetition_penalty}")
+    if e.no_repeat_ngram_size < 0:
+        raise ConfigError(f"explain.no_repeat_ngram_size must be >= 0 (0 = off), got {e.no_repeat_ngram_size}")
+    kwargs: dict[str, Any] = {}
+    if e.min_new_tokens:
+        kwargs["min_new_tokens"] = e.min_new_tokens
+    if e.repetition_penalty != 1.0:
+        kwargs["repetition_penalty"] = e.repetition_penalty
+    if e.no_repeat_ngram_size:
+        kwargs["no_repeat_ngram_size"] = e.no_repeat_ngram_size
+    return kwargs
 
 
 def _map_batches(

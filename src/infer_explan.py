@@ -190,7 +190,7 @@ def _run_model(
     cfg: Config, task_type: str, todo: list[dict], app: JsonlAppender, split: str, ctx: _Context, aspect: str,
     model_and_tokenizer: tuple[Any, Any] | None,
 ) -> None:
-    from src.generation import generate_texts
+    from src.generation import explanation_kwargs, generate_texts
 
     if model_and_tokenizer is None:
         from src.model import load_trained
@@ -202,14 +202,10 @@ def _run_model(
         for rec, texts in zip(recs, outs):
             app.append(make_row(rec, texts[0] if texts else "", task_type, split, ctx, aspect))
 
-    n_min = cfg.explain.min_new_tokens
-    if n_min < 0 or n_min > cfg.explain.max_new_tokens:
-        raise ConfigError(f"explain.min_new_tokens must be in 0..explain.max_new_tokens "
-                          f"({cfg.explain.max_new_tokens}), got {n_min}")
     generate_texts(
         model, tokenizer, todo, cfg, max_new_tokens=cfg.explain.max_new_tokens, num_beams=1,
         num_return_sequences=1, batch_size=cfg.explain.batch_size, on_batch=write,
-        desc=f"explain {task_type}/{split}", **({"min_new_tokens": n_min} if n_min else {}),
+        desc=f"explain {task_type}/{split}", **explanation_kwargs(cfg),
     )
 
 

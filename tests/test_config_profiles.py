@@ -110,7 +110,12 @@ def test_cpu_profiles_keep_their_budget() -> None:
     assert ml.eval.max_samples == 200 and ml.eval.max_samples_per_mode == {"uid2next": 100, "uid2hist": 50}
     assert ml.explain.max_samples == 40 and ml.data_gen.max_train_per_task == 2000
     assert (ml.llm.base_model, ml.llm.torch_dtype, ml.train.deepspeed) == ("models/smollm2-135m-instruct", "auto", "")
-    assert not ml.llm.lora.enabled and set(ml.train.task_mix) == {"behaviour", "intention", "both"}
+    # the paper's LoRA (q/v + embed/head, from paper.yaml) at the CPU's learning rate
+    assert ml.llm.lora.enabled and ml.llm.lora.modules_to_save == ["embed_tokens", "lm_head"]
+    assert set(ml.train.task_mix) == {"behaviour", "intention", "both"}
+    assert all(mix.get("sharegpt", 0) > 0 for mix in ml.train.task_mix.values())  # the replayed stand-in
+    assert ml.data_gen.sharegpt_replay > 0 and ml.data_gen.sharegpt_file == ""
+    assert 0 < ml.explain.min_new_tokens <= ml.explain.max_new_tokens
     long = load_config(CONFIGS / "ml100k_long.yaml")
     assert long.train.max_train_samples > ml.train.max_train_samples and long.root.name == "ml100k_long"
     prov: dict[str, str] = {}

@@ -164,7 +164,8 @@ def test_min_new_tokens_keeps_explanations_from_ending_early(tmp_path, monkeypat
         model.lm.get_input_embeddings().weight[tok.eos_token_id] *= 200
     for n_min in (0, 4):
         cfg = tiny_cfg(tmp_path / str(n_min), "explain.max_new_tokens=6", f"explain.min_new_tokens={n_min}",
-                       "explain.max_samples=4", "explain.batch_size=4")
+                       "explain.max_samples=4", "explain.batch_size=4", "explain.repetition_penalty=1.0",
+                       "explain.no_repeat_ngram_size=0")
         make_fixture(cfg)
         infer_explan.run(cfg, "none", "valid", model_and_tokenizer=(model, tok))
     assert new_tokens == [1, 5]  # stops at once; with the minimum: 4 held back, then the end token
@@ -172,3 +173,17 @@ def test_min_new_tokens_keeps_explanations_from_ending_early(tmp_path, monkeypat
     make_fixture(bad)
     with pytest.raises(ConfigError, match="min_new_tokens"):
         infer_explan.run(bad, "none", "valid", model_and_tokenizer=(model, tok))
+
+
+def test_explanation_kwargs_pass_only_what_differs_from_hf_defaults(tmp_path):
+    from core.config import ConfigError
+    from src.generation import explanation_kwargs
+
+    plain = tiny_cfg(tmp_path, "explain.min_new_tokens=0", "explain.repetition_penalty=1.0",
+                     "explain.no_repeat_ngram_size=0")
+    assert explanation_kwargs(plain) == {}  # the paper profiles decode exactly as the original
+    cpu = tiny_cfg(tmp_path, "explain.min_new_tokens=3", "explain.repetition_penalty=1.2",
+                   "explain.no_repeat_ngram_size=3")
+    assert explanation_kwargs(cpu) == {"min_new_tokens": 3, "repetition_penalty": 1.2, "no_repeat_ngram_size": 3}
+    with pytest.raises(ConfigError, match="repetition_penalty must be > 0"):
+        explanation_kwargs(tiny_cfg(tmp_path, "explain.repetition_penalty=0"))
