@@ -16,6 +16,12 @@ that budget live in a single place that every stage shares:
 * **Retries with exponential backoff and jitter** on 429, 408/409, 5xx, timeouts and
   connection errors. The openai library's own retries are switched off (``max_retries=0``)
   so the number of attempts is ours and visible in :attr:`ChatClient.stats`.
+* **A circuit breaker**: ``api.max_consecutive_failures`` attempts in a row that failed for
+  connection, timeout or server reasons stop the whole batch with one error; a dead
+  endpoint costs seconds, not every request's retries one after the other.
+* **Why each answer stopped**: ``finish_reason`` is kept with the answer and in the cache, so
+  an answer cut at ``max_tokens`` is never mistaken for a complete one (:class:`Reply`).
+* **One summary line per batch**: answered, from cache, sent, retried, failed, truncated.
 * **An on-disk cache per request**, keyed by the sha256 of (model, messages, parameters),
   written atomically under ``cfg.cache_dir/"api"``: no request is ever paid for twice, and
   a re-run of any stage that only needs cached answers works with no endpoint at all.
@@ -25,6 +31,7 @@ Usage::
     client = ChatClient(cfg)
     text = client.complete([{"role": "user", "content": "Hi"}], temperature=0)
     texts = client.complete_many([msgs1, msgs2], desc="judge")   # None where a request failed
+    replies = client.complete_many([msgs1], replies=True)         # Reply(text, finish_reason, cached)
 """
 
 from __future__ import annotations
@@ -75,7 +82,23 @@ class APIRequestFailed(StageError):
 
 
 class FatalAPIError(StageError):
-    """No endpoint configured, or an error that every request would hit (bad key, unknown model)."""
+    """No endpoint configured, or an error that every request would hit (bad key, unknown model,
+    an endpoint that stopped answering)."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One answer with why generation stopped; ``finish_reason`` "" when the server did not say
+    (and for cache entries written before it was recorded)."""
+
+    text: str
+    finish_reason: str = ""
+    cached: bool = False
+
+    @property
+    def truncated(self) -> bool:
+        """The answer was cut at ``max_tokens``: whatever it says may be incomplete."""
+        return self.finish_reason == "length"
 
 
 @dataclass(frozen=True)
@@ -183,8 +206,14 @@ class ChatClient:
         self._clients_lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max(1, int(self.api.max_concurrency)))
         self._stats_lock = threading.Lock()
-        #: counters: requests sent (each attempt), cache hits, retries, failed requests
-        self.stats = {"requests": 0, "cache_hits": 0, "retries": 0, "failures": 0}
+        #: counters: requests sent (each attempt), cache hits, retries, failed requests, answers
+        #: cut at max_tokens (finish_reason "length", sent or cached)
+        self.stats = {"requests": 0, "cache_hits": 0, "retries": 0, "failures": 0, "truncated": 0}
+        # circuit breaker: consecutive transient failures across all threads; once tripped,
+        # every request of this client fails at once with the same message
+        self._streak = 0
+        self._tripped: str | None = None
+        self._trip_event = threading.Event()
         if self.endpoints:
             log.info("API endpoints: %s", "; ".join(e.describe() for e in self.endpoints))
 
@@ -199,8 +228,13 @@ class ChatClient:
         (``model`` overrides the endpoint's model for every endpoint).
 
         Raises :class:`APIRequestFailed` when retries are exhausted, :class:`FatalAPIError` when
-        no endpoint is configured or the endpoint rejects the credentials / model.
+        no endpoint is configured, the endpoint rejects the credentials / model, or the circuit
+        breaker tripped.
         """
+        return self.reply(messages, use_cache=use_cache, **params).text
+
+    def reply(self, messages: Messages, *, use_cache: bool | None = None, **params: Any) -> Reply:
+        """:meth:`complete` with the answer's ``finish_reason`` and whether it came from the cache."""
         messages = _check_messages(messages)
         model, call_params = self._resolve_params(params)
         use_cache = self.api.cache if use_cache is None else use_cache
@@ -209,46 +243,67 @@ class ChatClient:
             hit = self._cache_get(key)
             if hit is not None:
                 self._count("cache_hits")
+                if hit.truncated:
+                    self._count("truncated")
                 return hit
-        text = self._call(messages, params.get("model"), call_params)
+        answer = self._call(messages, params.get("model"), call_params)
+        if answer.truncated:
+            self._count("truncated")
         if use_cache:
-            self._cache_put(key, model, messages, call_params, text)
-        return text
+            self._cache_put(key, model, messages, call_params, answer)
+        return answer
 
     def complete_many(
-        self, list_of_messages: Sequence[Messages], desc: str = "api", *, use_cache: bool | None = None, **params: Any
-    ) -> list[str | None]:
-        """Answers for many conversations, in order, ``max_concurrency`` at a time.
+        self, list_of_messages: Sequence[Messages], desc: str = "api", *, use_cache: bool | None = None,
+        replies: bool = False, **params: Any,
+    ) -> list[Any]:
+        """Answers for many conversations, in order, ``max_concurrency`` at a time: texts, or
+        :class:`Reply` objects with ``replies=True``.
 
         A request that fails for good gives ``None`` in its slot (counted and logged), so one
-        bad sample does not lose the others; a fatal error (no endpoint, bad key) stops the
-        whole batch and raises, since every remaining request would fail the same way.
+        bad sample does not lose the others; a fatal error (no endpoint, bad key, the circuit
+        breaker) stops the whole batch and raises, since every remaining request would fail
+        the same way. Answers that arrived before are in the cache, so a re-run keeps them.
         """
-        results: list[str | None] = [None] * len(list_of_messages)
+        results: list[Any] = [None] * len(list_of_messages)
         if not list_of_messages:
             return results
+        before = dict(self.stats)
         failed = 0
         workers = max(1, min(int(self.api.max_concurrency), len(list_of_messages)))
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="api")
         try:
             futures = {
-                pool.submit(self.complete, msgs, use_cache=use_cache, **params): i
+                pool.submit(self.reply, msgs, use_cache=use_cache, **params): i
                 for i, msgs in enumerate(list_of_messages)
             }
             for fut in tqdm(as_completed(futures), total=len(futures), desc=desc, leave=False):
                 i = futures[fut]
                 try:
-                    results[i] = fut.result()
+                    answer = fut.result()
+                    results[i] = answer if replies else answer.text
                 except APIRequestFailed as e:
                     failed += 1
                     log.warning("%s: request %d failed: %s", desc, i, e)
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
+            self._log_summary(desc, results, before, stopped=True)
             raise
         pool.shutdown(wait=True)
+        self._log_summary(desc, results, before)
         if failed:
             log.warning("%s: %d of %d requests failed after retries (left as None)", desc, failed, len(list_of_messages))
         return results
+
+    def _log_summary(self, desc: str, results: list[Any], before: Mapping[str, int], stopped: bool = False) -> None:
+        """One line per batch, so a run's API cost and trouble are visible without DEBUG logs."""
+        d = {k: self.stats[k] - before.get(k, 0) for k in self.stats}
+        n, answered = len(results), sum(r is not None for r in results)
+        log.info(
+            "%s: %d request(s)%s: %d answered (%d from cache), %d sent, %d retried, %d failed, %d cut at max_tokens",
+            desc, n, " (batch stopped)" if stopped else "", answered, d["cache_hits"], d["requests"],
+            d["retries"], d["failures"], d["truncated"],
+        )
 
     # ------------------------------------------------------------------ internals
     def _resolve_params(self, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -298,17 +353,37 @@ class ChatClient:
             wait = max(wait, retry_after)
         return min(wait, float(self.api.backoff_max_s))
 
-    def _call(self, messages: Messages, model_override: str | None, params: dict[str, Any]) -> str:
+    def _transient_failure(self, last: str) -> None:
+        """Count one connection/timeout/server failure; trip the breaker at the configured streak."""
+        limit = int(self.api.max_consecutive_failures)
+        with self._stats_lock:
+            self._streak += 1
+            if limit and self._streak >= limit and self._tripped is None:
+                self._tripped = (
+                    f"API stopped: {self._streak} consecutive attempts failed with no answer in between "
+                    f"(last: {last}); the endpoint looks down or overloaded. Answers received so far are "
+                    f"cached; re-run when it is back (api.max_consecutive_failures={limit}, 0 = off)"
+                )
+                self._trip_event.set()
+
+    def _check_breaker(self) -> None:
+        if self._tripped is not None:
+            self._count("failures")
+            raise FatalAPIError(self._tripped)
+
+    def _call(self, messages: Messages, model_override: str | None, params: dict[str, Any]) -> Reply:
         import openai
 
         attempts = int(self.api.max_retries) + 1
         last = ""
         for attempt in range(attempts):
+            self._check_breaker()
             ep = self._next_endpoint()
             client = self._client_for(ep)
             retry_after: float | None = None
             try:
                 with self._slots:
+                    self._check_breaker()
                     self._count("requests")
                     resp = client.chat.completions.create(
                         model=model_override or ep.model, messages=messages, **params
@@ -317,7 +392,9 @@ class ChatClient:
                 if not choices or getattr(choices[0], "message", None) is None:
                     raise _MalformedResponse("response has no choices[0].message")
                 content = choices[0].message.content
-                return content if content is not None else ""
+                with self._stats_lock:
+                    self._streak = 0
+                return Reply(content if content is not None else "", str(getattr(choices[0], "finish_reason", "") or ""))
             except openai.APIStatusError as e:
                 status = e.status_code
                 msg = self._redact(str(e))[:300]
@@ -329,34 +406,42 @@ class ChatClient:
                     raise APIRequestFailed(f"API endpoint {ep.describe()} rejected the request (HTTP {status}): {msg}") from None
                 last = f"HTTP {status} from {ep.name}: {msg}"
                 retry_after = _retry_after(e)
+                if status >= 500:  # rate limits (429) are the server working, not failing
+                    self._transient_failure(last)
             except (openai.APITimeoutError, openai.APIConnectionError) as e:
                 last = f"{type(e).__name__} from {ep.name}: {self._redact(str(e))[:200]}"
-            except (_MalformedResponse, openai.APIResponseValidationError) as e:
+                self._transient_failure(last)
+            except (_MalformedResponse, openai.APIResponseValidationError, ValueError) as e:
+                # ValueError: a 200 whose body is not JSON (a proxy's HTML page) reaches us as
+                # the JSON decoder's error; it is the server misbehaving, so it is retried
                 last = f"malformed response from {ep.name}: {self._redact(str(e))[:200]}"
+                self._transient_failure(last)
             if attempt + 1 < attempts:
+                self._check_breaker()
                 wait = self._backoff(attempt, retry_after)
                 self._count("retries")
                 log.debug("API retry %d/%d in %.2fs after %s", attempt + 1, attempts - 1, wait, last)
-                time.sleep(wait)
+                self._trip_event.wait(wait)  # a tripped breaker wakes every sleeping retry
         self._count("failures")
         raise APIRequestFailed(f"API request failed after {attempts} attempts; last error: {last}")
 
     def _cache_path(self, key: str) -> Path:
         return self.cache_dir / key[:2] / f"{key}.json"
 
-    def _cache_get(self, key: str) -> str | None:
+    def _cache_get(self, key: str) -> Reply | None:
         path = self._cache_path(key)
         if not path.is_file():
             return None
         try:
             obj = json.loads(path.read_text(encoding="utf-8"))
-            return str(obj["response"])
-        except (OSError, ValueError, KeyError, TypeError):
+            return Reply(str(obj["response"]), str(obj.get("finish_reason") or ""), cached=True)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             log.warning("unreadable API cache entry %s; asking again", path)
             return None
 
-    def _cache_put(self, key: str, model: str, messages: Messages, params: dict[str, Any], text: str) -> None:
-        entry = {"model": model, "params": params, "messages": messages, "response": text, "created": time.time()}
+    def _cache_put(self, key: str, model: str, messages: Messages, params: dict[str, Any], answer: Reply) -> None:
+        entry = {"model": model, "params": params, "messages": messages, "response": answer.text,
+                 "finish_reason": answer.finish_reason, "created": time.time()}
         with atomic_open(self._cache_path(key)) as f:
             json.dump(entry, f, ensure_ascii=False)
 

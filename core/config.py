@@ -319,6 +319,9 @@ class ExplainConfig:
     aspect: str = ""
     #: judge retries for unparseable ratings
     judge_retries: int = 3
+    #: new-token cap of a judge's answer: a verdict and its reason (an answer cut at this
+    #: length is re-asked for the rating alone, never taken as complete)
+    judge_max_tokens: int = 1024
     #: appended to the question for controllable explanations (paper 3.5.2); {aspect} is filled in
     aspect_template: str = "Please explain your decision from the perspective of {aspect}."
     #: cap on explanations judged per method (paper: 500; 0 = all)
@@ -355,6 +358,10 @@ class APIConfig:
     backoff_max_s: float = 60.0
     #: per-request disk cache under cache_dir/api (turning it off re-pays every request)
     cache: bool = True
+    #: circuit breaker: after this many consecutive attempts that failed for connection,
+    #: timeout or server (5xx) reasons, with no success in between, the batch stops with one
+    #: error instead of retrying every remaining request on its own (0 = off)
+    max_consecutive_failures: int = 8
 
 
 @dataclass
@@ -650,12 +657,14 @@ _RANGES: dict[str, tuple[float, bool, str]] = {
     "explain.max_samples": (0, False, "0 = all"),
     "explain.judge_retries": (0, False, ""),
     "explain.judge_max_samples": (0, False, "0 = all"),
+    "explain.judge_max_tokens": (1, False, ""),
     "api.max_concurrency": (1, False, ""),
     "api.max_retries": (0, False, ""),
     "api.timeout_s": _POSITIVE,
     "api.max_tokens": (1, False, ""),
     "api.backoff_base_s": (0, False, ""),
     "api.backoff_max_s": (0, False, ""),
+    "api.max_consecutive_failures": (0, False, "0 = off"),
     "discriminator.max_length": (1, False, "tokens"),
     "discriminator.epochs": _POSITIVE,
     "discriminator.lr": _POSITIVE,

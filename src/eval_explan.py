@@ -1,7 +1,7 @@
 """Judge the generated explanations and write Table 2 (paper 3.4.1, Appendix A).
 
 ``python -m src.eval_explan --config X [--model_names a,b] [--model_response_files f1,f2]
-[--split valid] [--no_judge] [--force]``
+[--split valid] [--no_judge] [--allow_partial] [--force]``
 
 For every method (default: every ``explain/<method>_<split>.jsonl`` present) the same
 (user, item) pairs are selected (sorted by uid, iid; ``explain.judge_max_samples`` of them,
@@ -11,8 +11,15 @@ the paper used 500), then:
 * the **LLM judge** (Appendix A prompt, through :class:`core.api_client.ChatClient`) runs
   when an endpoint is configured. Judged rows are cached in ``judge/<method>.jsonl`` keyed
   by sample id and explanation hash, and every request is in the API disk cache, so a
-  re-run sends nothing. Without an endpoint the judge is reported as skipped and the
-  table still shows the deterministic check.
+  re-run sends nothing. Without an endpoint the ratings already cached are used (a re-run
+  with no API variables rebuilds the same Table 2); with nothing cached the judge is
+  reported as skipped and the table still shows the deterministic check.
+
+When an endpoint is configured and some rows are left unjudged (failed requests, a tripped
+circuit breaker), the stage exits non-zero without touching Table 2 (the GPT-4-ICL rows of
+``src.infer_alignment`` behave the same); ``--allow_partial`` writes it anyway with those cells
+marked "partial". ``--model_names`` judges a subset and merges it into the summary of the
+other methods.
 
 Outputs: ``judge/summary.json``, ``tables/table2.md`` and ``.csv`` (printed too).
 """
@@ -22,12 +29,13 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-from core.api_client import ChatClient
+from core.api_client import ChatClient, FatalAPIError
 from core.config import Config, ConfigError, add_config_args, config_from_args
 from core.registry import EXPLAIN_METHODS as METHOD_ORDER, explain_file, method_display
 from core.metrics import decision_summary, normalise_label, rating_summary
@@ -98,15 +106,20 @@ class _Titles:
 
 def judge_method(
     cfg: Config, client: ChatClient | None, method: str, rows: list[dict], cache_path: Path, titles: _Titles,
-    judge_model: str, where: str,
+    judge_model: str, where: str, errors: list[str] | None = None,
 ) -> dict[str, dict]:
-    """Judge rows not yet in the judge cache; return the cached judge row per sample id."""
+    """Judge rows not yet in the judge cache; return the cached judge row per sample id.
+
+    A fatal API error (bad key, the circuit breaker) leaves the rest unjudged and is
+    appended to `errors`; the answers received before it are cached either way.
+    """
+    errors = [] if errors is None else errors
     with JsonlAppender(cache_path) as app:
         cached = {str(r["id"]): r for r in app.rows}
         todo = []
         for row in rows:
             c = cached.get(str(row["id"]))
-            if c is None or c.get("explanation_sha") != explanation_sha(row["explanation"]) or c.get("judge_model") != judge_model:
+            if not _current(c, row, judge_model):
                 todo.append(row)
         if todo and client is not None:
             log.info("%s: judging %d explanation(s) (%d cached)", method, len(todo), len(rows) - len(todo))
@@ -114,15 +127,23 @@ def judge_method(
             for row in todo:
                 hist, item = titles.context(row, where)
                 convs.append(judge_messages(hist, item, row["label"], row["explanation"]))
-            params = {"model": cfg.explain.judge_model} if cfg.explain.judge_model else {}
-            outcomes = judge_many(client, convs, cfg.explain.judge_retries, desc=f"judge {method}", **params)
+            params: dict[str, Any] = {"max_tokens": cfg.explain.judge_max_tokens}
+            if cfg.explain.judge_model:
+                params["model"] = cfg.explain.judge_model
+            try:
+                outcomes = judge_many(client, convs, cfg.explain.judge_retries, desc=f"judge {method}", **params)
+            except FatalAPIError as e:  # bad key, tripped breaker: these rows stay unjudged, the caller decides
+                log.error("judge %s: %s", method, e)
+                errors.append(f"{method}: {e}")
+                outcomes = []
             for row, out in zip(todo, outcomes):
                 if out.failed:
                     continue  # not cached: a later run asks again
                 jrow = {
                     "id": row["id"], "method": method, "uid": row.get("uid"), "iid": row.get("iid"),
                     "label": row["label"], "rating": out.rating, "answer": out.answer, "attempts": out.attempts,
-                    "first_unparseable": out.first_unparseable, "explanation_sha": explanation_sha(row["explanation"]),
+                    "first_unparseable": out.first_unparseable, "truncated": out.truncated,
+                    "explanation_sha": explanation_sha(row["explanation"]),
                     "judge_model": judge_model,
                 }
                 app.append(jrow)
@@ -132,9 +153,16 @@ def judge_method(
     valid = {}
     for row in rows:
         c = cached.get(str(row["id"]))
-        if c is not None and c.get("explanation_sha") == explanation_sha(row["explanation"]) and c.get("judge_model") == judge_model:
+        if _current(c, row, judge_model):
             valid[str(row["id"])] = c
     return valid
+
+
+def _current(cached: dict | None, row: dict, judge_model: str) -> bool:
+    """A cached judge row still answers for `row`: same explanation, same judge. An unknown
+    judge ("": no api.model / ENGINE on a cache-only re-run) accepts the cached one's."""
+    return cached is not None and cached.get("explanation_sha") == explanation_sha(row["explanation"]) and (
+        not judge_model or cached.get("judge_model") == judge_model)
 
 
 def discover_methods(cfg: Config, split: str) -> list[str]:
@@ -162,17 +190,18 @@ def evaluate(
     client = ChatClient(cfg, environ=environ) if available else None
     judge_model = cfg.explain.judge_model or (client.model if client else cfg.api.model) or ""
     if not use_judge:
-        status = "skipped (--no_judge)"
+        why = "--no_judge"
     elif not available:
-        status = "skipped (no API endpoint configured: set OPENAI_API_KEY + ENGINE, or api.base_url + api.model)"
+        why = "no API endpoint configured: set OPENAI_API_KEY + ENGINE, or api.base_url + api.model"
     else:
-        status = "ran"
-    if status != "ran":
-        log.warning("LLM judge %s; reporting the deterministic decision check only", status)
+        why = ""
     titles = _Titles(cfg)
+    errors: list[str] = []
+    judged_rows: list[dict] = []
     summary: dict[str, Any] = {
         "split": split,
-        "judge": {"model": judge_model, "status": status, "retries": cfg.explain.judge_retries,
+        "judge": {"model": judge_model, "status": "", "attempted": client is not None, "errors": [],
+                  "retries": cfg.explain.judge_retries,
                   "note": "the paper's judge was GPT-4; this run's judge is the model named here"},
         "max_samples": cfg.explain.judge_max_samples,
         "methods": {},
@@ -183,14 +212,17 @@ def evaluate(
         cache_path = judge_file(cfg, method, split)
         if force and cache_path.exists():
             cache_path.unlink()
-        judged = judge_method(cfg, client, method, rows, cache_path, titles, judge_model, str(path)) if (
+        # without an endpoint (or with --no_judge) the cached ratings still count: nothing is sent
+        judged = judge_method(cfg, client, method, rows, cache_path, titles, judge_model, str(path), errors) if (
             client is not None or cache_path.exists()) else {}
+        judged_rows.extend(judged.values())
         ratings = [judged[str(r["id"])]["rating"] if str(r["id"]) in judged else None for r in rows]
         jsum = rating_summary(ratings)
         jsum.update(
             n_judged=len(judged),
             unparseable_first=sum(1 for j in judged.values() if j.get("first_unparseable")),
             unparseable_final=sum(1 for j in judged.values() if j.get("rating") is None),
+            truncated=sum(int(j.get("truncated") or 0) for j in judged.values()),
             not_judged=len(rows) - len(judged),
         )
         summary["methods"][method] = {
@@ -201,7 +233,44 @@ def evaluate(
             "%s: n=%d judge mean=%s decision agreement=%.3f", method, len(rows),
             f"{jsum['mean']:.3f}" if jsum["mean"] is not None else "-", decision["agreement"] or 0.0,
         )
+    summary["judge"]["status"] = judge_status(summary["methods"], client is not None, why)
+    summary["judge"]["errors"] = errors
+    if not judge_model:  # a cache-only re-run names the judge that the cached ratings came from
+        used = sorted({str(r.get("judge_model")) for r in judged_rows if r.get("judge_model")})
+        summary["judge"]["model"] = ", ".join(used)
+    if not summary["judge"]["status"].startswith("ran"):
+        log.warning("LLM judge %s", summary["judge"]["status"])
     return summary
+
+
+def judge_status(methods: dict[str, Any], sent: bool, why: str) -> str:
+    """What Table 2's judge columns rest on: every row, some rows (partial), or none."""
+    n = sum(m["n"] for m in methods.values())
+    left = sum(m["judge"]["not_judged"] for m in methods.values())
+    source = "ran" if sent else "from cache"
+    if n and not left:
+        return source + ("" if sent else f" ({why}; every row was cached)")
+    if left == n:
+        return f"skipped ({why})" if why else "skipped (no row judged)"
+    return f"partial: {left} of {n} rows not judged ({source}{'; ' + why if why else ''})"
+
+
+def unjudged(summary: dict[str, Any]) -> dict[str, int]:
+    """Methods with rows left unjudged, and how many."""
+    return {m: s["judge"]["not_judged"] for m, s in summary["methods"].items() if s["judge"]["not_judged"]}
+
+
+def merge_summaries(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A subset run's summary laid over the previous one (same split): other methods are kept."""
+    if old.get("split") != new["split"]:
+        return new
+    methods = {**old.get("methods", {}), **new["methods"]}
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    merged = {**new, "methods": dict(sorted(methods.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))}
+    if old.get("judge", {}).get("status") != new["judge"]["status"]:
+        merged["judge"] = {**new["judge"], "status": f"{new['judge']['status']} (kept from an earlier run for "
+                           f"{', '.join(m for m in methods if m not in new['methods']) or 'no method'})"}
+    return merged
 
 
 def distinct_bigram_ratio(text: str) -> float | None:
@@ -249,8 +318,9 @@ def table2_rows(summary: dict[str, Any]) -> list[list[str]]:
     for method, s in summary["methods"].items():
         j, d = s["judge"], s["decision"]
         shares = j["shares"]
+        partial = " (partial)" if j["n_judged"] and j["not_judged"] else ""
         out.append([
-            s["display"], _fmt(j["mean"]), f"{j['n_rated']}/{s['n']}",
+            s["display"], _fmt(j["mean"]) + partial, f"{j['n_rated']}/{s['n']}",
             *[(_fmt(shares[str(r)], 3) if j["n_rated"] else "-") for r in range(4)],
             f"{j['unparseable_first']} / {j['unparseable_final']}" if j["n_judged"] else "-",
             _fmt(d["agreement"], 3), _fmt(d["undecided_share"], 3),
@@ -286,7 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model_names", default="", help="comma-separated methods (behaviour,intention,both,none,chatgpt); default: every explanation file present")
     parser.add_argument("--model_response_files", default="", help="comma-separated explanation files, one per --model_names entry (default explain/<method>_<split>.jsonl)")
     parser.add_argument("--split", default="valid", help="explanation split to judge (default: %(default)s)")
-    parser.add_argument("--no_judge", action="store_true", help="deterministic check only, no API calls")
+    parser.add_argument("--no_judge", action="store_true", help="deterministic check only, no API calls (cached ratings are still used)")
+    parser.add_argument("--allow_partial", action="store_true",
+                        help="write Table 2 even when some rows could not be judged (those cells are marked partial)")
     args = parser.parse_args(argv)
 
     def body() -> None:
@@ -301,8 +373,23 @@ def main(argv: list[str] | None = None) -> int:
         else:
             files = [explain_file(cfg, m, args.split) for m in methods]
         summary = evaluate(cfg, methods, files, args.split, use_judge=not args.no_judge, force=args.force)
+        left = unjudged(summary)
+        if left and summary["judge"]["attempted"] and not args.allow_partial:
+            errs = summary["judge"]["errors"]
+            raise StageError(
+                "LLM judge: rows left unjudged (" + ", ".join(f"{m}: {k}" for m, k in left.items()) + ")"
+                + (f" after: {errs[0]}" if errs else "") + ". The answers received are cached, so a re-run "
+                "asks only for the rest. Table 2 was not written; --allow_partial writes it with those cells "
+                "marked partial"
+            )
+        summary_path = cfg.judge_dir / "summary.json"
+        if args.model_names and summary_path.is_file():
+            try:
+                summary = merge_summaries(json.loads(summary_path.read_text(encoding="utf-8")), summary)
+            except (OSError, ValueError) as e:
+                log.warning("%s unreadable (%s); Table 2 shows this run's methods only", summary_path, e)
         md, csv_text = render_table2(summary)
-        write_json(cfg.judge_dir / "summary.json", summary)
+        write_json(summary_path, summary)
         write_text(cfg.tables_dir / "table2.md", md)
         write_text(cfg.tables_dir / "table2.csv", csv_text)
         print(md)

@@ -78,6 +78,20 @@ _SCORE = re.compile(r"\bscore\b\s*(?:[-–—:=]|is|of)\s*(?:\*\*|__)?\s*" + _NU
 _OUT_OF = re.compile(r"(?<![\d.])" + _NUM + r"\s*(?:/|out\s+of)\s*3\b", re.I)
 #: the whole answer is a bare number ("2", "**2**", "2.")
 _BARE = re.compile(r"^\W*" + _NUM + r"\W*$")
+#: the rubric's own words for each level (Appendix A): an untagged answer that uses the words
+#: of a level other than the rating it names is an echo of the rubric, not a verdict
+#: ("RATING-0: Incorrect classification, insufficient explanation" mixes levels 0 and 1)
+RUBRIC_PHRASES = {
+    0: ("incorrect classification",),
+    1: ("insufficient explanation",),
+    2: ("acceptable explanation",),
+    3: ("satisfying explanation",),
+}
+
+
+def _echoes_rubric(text: str, rating: int) -> bool:
+    low = text.lower()
+    return any(p in low for level, phrases in RUBRIC_PHRASES.items() if level != rating for p in phrases)
 
 
 def _values(pattern: re.Pattern, text: str) -> list[str]:
@@ -91,7 +105,7 @@ def parse_rating(text: str | None) -> int | None:
     ``RATING n`` variants, then ``score: n`` / ``n/3``, then a bare number). Within the first
     form that occurs, every occurrence must agree: an answer that quotes the whole rubric
     ("RATING-0 ... RATING-3") without a tagged verdict is ambiguous and gets re-asked rather
-    than guessed.
+    than guessed, and so is an untagged rating next to another level's rubric words.
     """
     if not text or not text.strip():
         return None
@@ -106,7 +120,9 @@ def parse_rating(text: str | None) -> int | None:
         if "." in value:
             return None
         n = int(value)
-        return n if n in RATINGS else None
+        if n not in RATINGS or (pattern is not _TAGGED and _echoes_rubric(text, n)):
+            return None
+        return n
     return None
 
 
@@ -129,6 +145,8 @@ class JudgeOutcome:
     #: a request failed for good (network/server), nothing to cache
     failed: bool = False
     history: list[str] = field(default_factory=list)
+    #: answers cut at max_tokens (finish_reason "length"): never read as a verdict, re-asked
+    truncated: int = 0
 
 
 def judge_many(
@@ -137,7 +155,9 @@ def judge_many(
     """Ask the judge for every conversation; re-ask unparseable answers up to `retries` times.
 
     Re-asks run in rounds over the still-unparsed rows, each extending its conversation with
-    the judge's previous answer and :data:`REASK`, so each round is one batched call.
+    the judge's previous answer and :data:`REASK`, so each round is one batched call. An
+    answer cut at ``max_tokens`` counts as unparsed whatever it contains (a verdict usually
+    comes last, and what came before it may be the rubric quoted back).
     """
     convs = [list(c) for c in conversations]
     outcomes = [JudgeOutcome(None, None, 0, False) for _ in convs]
@@ -145,17 +165,20 @@ def judge_many(
     for round_ in range(retries + 1):
         if not todo:
             break
-        answers = client.complete_many([convs[i] for i in todo], desc=desc if round_ == 0 else f"{desc} re-ask {round_}", **params)
+        replies = client.complete_many(
+            [convs[i] for i in todo], desc=desc if round_ == 0 else f"{desc} re-ask {round_}", replies=True, **params)
         nxt = []
-        for i, ans in zip(todo, answers):
+        for i, reply in zip(todo, replies):
             out = outcomes[i]
             out.attempts += 1
-            if ans is None:
+            if reply is None:
                 out.failed = True
                 continue
+            ans = reply.text
             out.answer = ans
             out.history.append(ans)
-            out.rating = parse_rating(ans)
+            out.truncated += int(reply.truncated)
+            out.rating = None if reply.truncated else parse_rating(ans)
             if out.rating is None:
                 if round_ == 0:
                     out.first_unparseable = True

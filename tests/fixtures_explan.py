@@ -15,7 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-#: a responder gets (request body, 0-based request number) and returns (status, content|payload)
+#: a responder gets (request body, 0-based request number) and returns (status, content|payload);
+#: a bytes payload is sent as the raw body (a server that answers something other than JSON)
 Responder = Callable[[dict, int], tuple[int, Any]]
 
 API_ENV_PREFIXES = ("OPENAI_", "ENGINE", "AZURE_OPENAI")
@@ -63,7 +64,7 @@ class FakeOpenAI:
                         payload = completion(payload, body.get("model", "m"))
                     elif status != 200 and isinstance(payload, str):
                         payload = {"error": {"message": payload, "type": "test", "code": status}}
-                data = json.dumps(payload).encode()
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))

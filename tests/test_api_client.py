@@ -12,11 +12,12 @@ from core.api_client import (
     APIRequestFailed,
     ChatClient,
     FatalAPIError,
+    Reply,
     discover_endpoints,
     request_key,
 )
 from core.utils import StageError
-from tests.fixtures_explan import FakeOpenAI, clear_api_env, tiny_cfg
+from tests.fixtures_explan import FakeOpenAI, clear_api_env, completion, tiny_cfg
 
 KEY = "sk-test-SECRET-0123456789"
 
@@ -100,7 +101,7 @@ def test_normal_answers_params_auth_and_cache(tmp_path, caplog):
         again = ChatClient(cfg, environ=env)
         assert again.complete_many([_msgs(f"q{i}") for i in range(6)]) == out
         assert again.complete(_msgs("q0"), temperature=0.7, model="other") == "echo: q0"
-        assert len(srv.requests) == 7 and again.stats == {"requests": 0, "cache_hits": 7, "retries": 0, "failures": 0}
+        assert len(srv.requests) == 7 and again.stats == {"requests": 0, "cache_hits": 7, "retries": 0, "failures": 0, "truncated": 0}
     # cached answers are served even with no endpoint at all
     offline = ChatClient(cfg, environ={})
     assert offline.complete(_msgs("q3")) == "echo: q3"
@@ -181,3 +182,75 @@ def test_round_robin_over_keys_and_concurrency_limit(tmp_path):
         assert out == [f"x{i}" for i in range(8)]
         assert state["peak"] <= 2
         assert sorted(srv.auth) == ["Bearer key-one"] * 4 + ["Bearer key-two"] * 4
+
+
+def test_dead_endpoint_trips_the_circuit_breaker_in_seconds(tmp_path, caplog):
+    """Connection refused on every attempt: the batch stops after max_consecutive_failures
+    attempts in all, not after each of the 20 requests has used up its own retries."""
+    import socket
+
+    with socket.socket() as s:  # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tiny_cfg(tmp_path, f"api.base_url=http://127.0.0.1:{port}/v1", "api.model=m", "api.max_retries=6",
+                   "api.max_consecutive_failures=5", "api.backoff_base_s=0.2", "api.max_concurrency=4")
+    client = ChatClient(cfg, environ={})
+    caplog.set_level(logging.INFO)
+    t0 = time.time()
+    with pytest.raises(FatalAPIError, match="5 consecutive attempts failed") as ei:
+        client.complete_many([_msgs(str(i)) for i in range(20)], desc="judge")
+    assert time.time() - t0 < 10
+    assert "max_consecutive_failures" in str(ei.value)
+    assert client.stats["requests"] < 12  # 20 x 7 attempts without the breaker
+    assert "judge: 20 request(s) (batch stopped): 0 answered" in caplog.text
+
+
+def test_breaker_resets_on_success_and_ignores_rate_limits(tmp_path):
+    # every other attempt fails with 503: never 3 in a row, so everything is answered
+    def flaky(body: dict, n: int):
+        return (503, "busy") if n % 2 == 0 else (200, "ok")
+
+    with FakeOpenAI(flaky) as srv:
+        cfg = tiny_cfg(tmp_path, f"api.base_url={srv.base_url}", "api.model=m", "api.max_concurrency=1",
+                       "api.max_consecutive_failures=3")
+        client = ChatClient(cfg, environ={})
+        assert client.complete_many([_msgs(str(i)) for i in range(5)]) == ["ok"] * 5
+        # 429s are the server working: they are retried but never trip the breaker
+        start = len(srv.requests)
+        srv.responder = lambda body, n: (429, "slow down") if n < start + 3 else (200, "fine")
+        assert client.complete(_msgs("x"), use_cache=False) == "fine"
+        assert len(srv.requests) == start + 4
+
+
+def test_finish_reason_is_kept_counted_and_cached(tmp_path, caplog):
+    def responder(body: dict, n: int):
+        out = completion("RATING-", body["model"])
+        out["choices"][0]["finish_reason"] = "length"
+        return 200, out
+
+    caplog.set_level(logging.INFO)
+    with FakeOpenAI(responder) as srv:
+        cfg = tiny_cfg(tmp_path, f"api.base_url={srv.base_url}", "api.model=m")
+        client = ChatClient(cfg, environ={})
+        (r,) = client.complete_many([_msgs("a")], replies=True, desc="cut")
+        assert r == Reply("RATING-", "length", cached=False) and r.truncated
+        assert client.stats["truncated"] == 1
+        assert "cut: 1 request(s): 1 answered (0 from cache), 1 sent, 0 retried, 0 failed, 1 cut at max_tokens" in caplog.text
+    again = ChatClient(cfg, environ={})
+    hit = again.reply(_msgs("a"))
+    assert hit.truncated and hit.cached and again.stats["truncated"] == 1
+
+
+def test_non_json_200_is_retried_not_a_traceback(tmp_path):
+    def responder(body: dict, n: int):
+        return (200, b"<html>proxy says hi</html>") if n == 0 else (200, "ok")
+
+    with FakeOpenAI(responder) as srv:
+        cfg = tiny_cfg(tmp_path, f"api.base_url={srv.base_url}", "api.model=m")
+        client = ChatClient(cfg, environ={})
+        assert client.complete(_msgs("a")) == "ok"
+        assert client.stats["retries"] == 1
+        srv.responder = lambda body, n: (200, b"not json")
+        with pytest.raises(APIRequestFailed, match="malformed response"):
+            ChatClient(tiny_cfg(tmp_path, f"api.base_url={srv.base_url}", "api.model=m", "api.max_retries=1",
+                                "api.max_consecutive_failures=0"), environ={}).complete(_msgs("b"))

@@ -147,3 +147,50 @@ def test_fluency_measures_repetition():
     assert distinct_bigram_ratio("Yes") is None
     s = fluency_summary(["a fine and varied text here", loop, "x"])
     assert s["n"] == 2 and s["degenerate_share"] == 0.5 and 0.5 < s["distinct2_mean"] < 1.0
+
+
+def test_judge_faults_partial_cache_only_and_subset_merge(tmp_path, monkeypatch, capsys):
+    """A dead endpoint exits non-zero and leaves Table 2 alone (unless --allow_partial, which
+    marks the cells); a re-run with no API variables rebuilds Table 2 from the cached ratings;
+    a subset run merges into the other methods' summary."""
+    import socket
+
+    cfg = tiny_cfg(tmp_path)
+    for m in ROWS:
+        _write_explanations(cfg, m)
+    with FakeOpenAI(_judge) as srv:
+        argv = _argv(tmp_path, f"api.base_url={srv.base_url}", "api.model=local-judge", "explain.judge_retries=2")
+        assert eval_explan.main(argv) == 0
+        table = (cfg.tables_dir / "table2.md").read_text()
+    def rows_of(md: str) -> list[str]:
+        return [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| Method")]
+
+    # no API variables, no base_url: every rating comes from the judge cache, nothing is "skipped"
+    assert eval_explan.main(_argv(tmp_path)) == 0
+    again = (cfg.tables_dir / "table2.md").read_text()
+    assert rows_of(again) == rows_of(table) and "from cache" in again and "skipped" not in again
+
+    # a regenerated explanation against a dead endpoint: non-zero, Table 2 untouched, in seconds
+    rows = list(ROWS["none"])
+    rows[1] = ("No", "No, a changed text.")
+    _write_explanations(cfg, "none", rows)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dead = _argv(tmp_path, f"api.base_url=http://127.0.0.1:{port}/v1", "api.model=local-judge",
+                 "api.max_consecutive_failures=3", "api.max_retries=6")
+    capsys.readouterr()
+    assert eval_explan.main(dead) == 2
+    err = capsys.readouterr().err
+    assert "rows left unjudged (none: 1)" in err and "consecutive attempts failed" in err and "--allow_partial" in err
+    assert (cfg.tables_dir / "table2.md").read_text() == again
+    assert eval_explan.main([*dead, "--allow_partial"]) == 0
+    partial = (cfg.tables_dir / "table2.md").read_text()
+    assert "partial: 1 of 8 rows not judged" in partial and "(partial) | 3/4 |" in partial
+
+    # a subset run (--model_names both) keeps the other method's rows in summary and table
+    assert eval_explan.main([*_argv(tmp_path), "--model_names", "both"]) == 0
+    summary = read_json(cfg.judge_dir / "summary.json")
+    assert list(summary["methods"]) == ["none", "both"]
+    merged = rows_of((cfg.tables_dir / "table2.md").read_text())
+    assert len(merged) == 2 and merged[0] == rows_of(partial)[0]

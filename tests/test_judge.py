@@ -46,6 +46,12 @@ RATING_CASES = [
     ("", None),
     (None, None),
     ("ratings vary across users: 12 items", None),
+    # an echo of the rubric mixing two levels' words is not a verdict (seen from a real server)
+    ("RATING-0: Incorrect classification, insufficient explanation", None),
+    ("RATING-1: Correct classification, insufficient explanation", 1),
+    ("RATING-0: Incorrect classification - the user would not like it.", 0),
+    # a tagged verdict after a quoted rubric still decides
+    ("RATING-1: Correct classification, insufficient explanation ... <br>RATING-2</br>", 2),
 ]
 
 
@@ -145,3 +151,23 @@ def test_judge_against_server_retries_reasks_and_cache(tmp_path):
         again = judge_many(ChatClient(cfg, environ=env), convs, retries=2)
         assert [o.rating for o in again] == [3, 2, 1, 0, None]
         assert len(srv.requests) == 9  # the second run is served from the cache
+
+
+def test_truncated_answer_is_reasked_never_a_verdict(tmp_path):
+    """A judge answer cut at max_tokens (finish_reason "length") is not read even when it
+    contains a rating: the rating-only follow-up is asked instead."""
+    from tests.fixtures_explan import completion
+
+    def responder(body: dict, n: int):
+        if body["messages"][-1]["content"] == REASK:
+            return 200, "<br>RATING-2</br>"
+        out = completion("RATING-0: Incorrect classification - The assistant fails to", body["model"])
+        out["choices"][0]["finish_reason"] = "length"
+        return 200, out
+
+    with FakeOpenAI(responder) as srv:
+        cfg = tiny_cfg(tmp_path, f"api.base_url={srv.base_url}", "api.model=judge")
+        (out,) = judge_many(ChatClient(cfg, environ={}), [judge_messages(["A"], "B", "Yes", "Yes.")], retries=2,
+                            max_tokens=16)
+        assert (out.rating, out.truncated, out.attempts, out.first_unparseable) == (2, 1, 2, True)
+        assert srv.requests[0]["max_tokens"] == 16
