@@ -217,6 +217,10 @@ def task_file(cfg: Config, task_type: str, split: str) -> Path:
     return cfg.tasks_dir / f"{src}_{split}.json"
 
 
+#: a trained model's fingerprint (core.stamps) in llm/<task_type>/: what it was made from
+MODEL_STAMP = "stamp.json"
+
+
 def eval_paths(cfg: Config, method: str, mode: str, split: str) -> dict[str, Path]:
     """src.infer_alignment's outputs: rows, title-constrained rows, metrics (valid at the top, test below)."""
     base = cfg.eval_dir / method

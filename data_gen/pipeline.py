@@ -51,6 +51,7 @@ from data_gen.generate import (
 from data_gen.inputs import TopRow, load_canonical_data, load_item_sim, load_sharegpt, load_top
 from core.config import Config, ConfigError
 from core.registry import EXPLAN_FILES, FORM_CODE, TASK_OF_TYPE, TRAIN_TYPES, TYPE_FORMS
+from core.stamps import current, fingerprint, write_stamp
 from core.utils import StageError, atomic_open, sha256_file
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,28 @@ def output_paths(cfg: Config) -> list[Path]:
     out += [d / f"explan_{f}_{s}.json" for f in EXPLAN_FILES for s in FILE_SPLITS]
     out += [d / f"explan_chatgpt_{s}.csv" for s in FILE_SPLITS]
     return out + [d / "stats.json", d / "stats.md"]
+
+
+#: fingerprint of the task files (core.stamps), written after every one of them
+STAMP_FILE = "stamp.json"
+
+
+def input_files(cfg: Config) -> list[Path]:
+    """The files the task data is built from: the dataset, the recommender's exports, ShareGPT
+    or its stand-in."""
+    g = cfg.data_gen
+    splits = sorted({"train", "test", g.eval_split})
+    files = [cfg.data_dir / "sequences.txt", cfg.data_dir / "items.jsonl", cfg.recmodel_dir / "item_sim.json"]
+    files += [cfg.recmodel_dir / f"{s}_top.jsonl" for s in splits]
+    if g.sharegpt_file:
+        files.append(cfg.raw_dir / g.sharegpt_file)
+    elif g.sharegpt_replay > 0:
+        files.append(cfg.replay_file)
+    return files
+
+
+def data_fingerprint(cfg: Config) -> dict[str, Any]:
+    return fingerprint(cfg, ["data_gen", "seed"], input_files(cfg), base=cfg.root)
 
 
 def _check_config(cfg: Config) -> None:
@@ -122,7 +145,8 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any] | None:
     _check_config(cfg)
     g = cfg.data_gen
     outputs = output_paths(cfg)
-    if not force and all(p.exists() for p in outputs):
+    if not force and all(p.exists() for p in outputs) and current(
+            cfg.tasks_dir / STAMP_FILE, data_fingerprint(cfg), f"the task files in {cfg.tasks_dir}"):
         log.info("data_gen: all %d outputs exist in %s; skipping (use --force to redo)", len(outputs), cfg.tasks_dir)
         return None
 
@@ -262,6 +286,7 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any] | None:
         f.write("\n")
     with atomic_open(cfg.tasks_dir / "stats.md") as f:
         f.write(table)
+    write_stamp(cfg.tasks_dir / STAMP_FILE, data_fingerprint(cfg))
     print(table, end="")
     log.info("data_gen: wrote %d files to %s", len(outputs), cfg.tasks_dir)
     return stats

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import Config
+from core.stamps import differences, digest
 from core.utils import StageError, atomic_open, read_json, sha256_file, write_json, write_jsonl, write_text
 
 from .dataset import DATASET_JSON, ITEMS, SEQUENCES, STATS_MD, canonical_paths, sequence_stats, stats_table
@@ -41,6 +42,23 @@ def _rel(path: Path, base: Path) -> str:
         return str(path)
 
 
+def _changes_since(cfg: Config, info: dict[str, Any]) -> list[str]:
+    """What differs between a built dataset (its dataset.json) and the config and raw files now.
+
+    Raw files are compared by the sha256 recorded at build time; a raw file that is gone
+    (raw/ cleaned after preprocessing) is not a change.
+    """
+    def named(d: dict[str, Any]) -> dict[str, Any]:
+        return {"settings": {f"dataset.{k}": v for k, v in d.items()}}
+
+    changes = differences(named(info.get("settings") or {}), named(_settings(cfg)))
+    for rel, meta in sorted((info.get("raw_files") or {}).items()):
+        now = digest(cfg.raw_dir / rel)
+        if now != "missing" and isinstance(meta, dict) and meta.get("sha256") not in (None, now):
+            changes.append(f"raw file {rel} changed since the dataset was built")
+    return changes
+
+
 def outputs_complete(cfg: Config) -> bool:
     return all(p.is_file() for p in canonical_paths(cfg.data_dir).values())
 
@@ -62,10 +80,12 @@ def preprocess(cfg: Config, force: bool = False) -> dict[str, Any]:
     out = canonical_paths(cfg.data_dir)
     if outputs_complete(cfg) and not force:
         info = read_json(out[DATASET_JSON])
-        if info.get("settings") != _settings(cfg):
-            log.warning(
-                "%s was built with other dataset settings than %s; re-run with --force to rebuild",
-                out[DATASET_JSON], cfg.source_file,
+        changes = _changes_since(cfg, info)
+        if changes:
+            raise StageError(
+                f"{cfg.data_dir} was built from other dataset settings or raw files than {cfg.source_file} "
+                f"names now ({'; '.join(changes)}). Re-run with --force to rebuild it (bash shell/run_all.sh "
+                "--force for every stage after it), or restore the old settings; nothing was deleted"
             )
         log.info("canonical dataset exists in %s; skipping (use --force to redo)", cfg.data_dir)
         print(stats_table(cfg.dataset.name, info))

@@ -43,11 +43,14 @@ from recmodel.data import RecData, load_rec_data
 from recmodel.encoder import RecEncoder, load_rec_encoder, masked_scores
 from recmodel.models import validate_recmodel_config
 from core.config import ConfigError, add_config_args, config_from_args
+from core.stamps import current, fingerprint, write_stamp
 from core.utils import StageError, setup_logging, write_json, write_jsonl
 
 log = logging.getLogger("recmodel.infer")
 
 SPLITS = ("train", "valid", "test")
+#: fingerprint of the exports (core.stamps)
+EXPORT_STAMP = "exports.stamp.json"
 N_CANDIDATES = 5
 _SPLIT_SEED = {"train": 0, "valid": 1, "test": 2}
 
@@ -160,6 +163,12 @@ def run(cfg: Any, *, force: bool = False, out_dir: Path | None = None, data: Rec
     paths = output_paths(out_dir)
     model_path = out_dir / "model.pt"
     todo = [k for k, p in paths.items() if force or not p.exists()]
+    stamp = out_dir / EXPORT_STAMP
+    # the exports depend on the model and on these keys; a changed one stops the reuse
+    fp = fingerprint(cfg, ["recmodel.export_topk", "recmodel.export_train_cap", "recmodel.sim_topk",
+                           "recmodel.pos_cut", "recmodel.neg_cut", "seed"], [model_path], base=cfg.root)
+    if not force and any(p.exists() for p in paths.values()):
+        current(stamp, fp, f"the recommender's exports in {out_dir}")  # raises when they are stale
     if not todo:
         log.info("all exports exist in %s; skipping (use --force to redo)", out_dir)
         return paths
@@ -183,6 +192,7 @@ def run(cfg: Any, *, force: bool = False, out_dir: Path | None = None, data: Rec
         sim = item_similarities(encoder, rc.sim_topk)
         write_json(paths["item_sim"], sim, indent=None)
         log.info("wrote %s (%d items x %d)", paths["item_sim"], len(sim), min(rc.sim_topk, encoder.n_items - 1))
+    write_stamp(stamp, fp)
     return paths
 
 

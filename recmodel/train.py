@@ -43,6 +43,7 @@ from recmodel.data import RecData, load_rec_data, padded_full, right_aligned, tr
 from recmodel.encoder import save_model_file
 from recmodel.models import ARCH_KEYS, TwoTower, build_model, mask_history_, next_item_loss, validate_recmodel_config
 from core.config import ConfigError, add_config_args, config_from_args
+from core.stamps import current, fingerprint, write_stamp
 from core.utils import StageError, atomic_open, read_json, resolve_device, set_seed, setup_logging, write_json
 
 log = logging.getLogger("recmodel.train")
@@ -50,6 +51,12 @@ log = logging.getLogger("recmodel.train")
 MODEL_FILE = "model.pt"
 METRICS_FILE = "metrics.json"
 CHECKPOINT_FILE = "checkpoint_last.pt"
+#: the settings and input the trained model was made from (core.stamps)
+STAMP_FILE = "train.stamp.json"
+#: recmodel keys that do not change the trained model (exports, KD and the device have their
+#: own stages or none)
+_NOT_TRAINING = ("recmodel.kd", "recmodel.device", "recmodel.export_topk", "recmodel.export_train_cap",
+                 "recmodel.sim_topk", "recmodel.pos_cut", "recmodel.neg_cut")
 #: the keys whose change makes an old checkpoint unusable for resuming
 _RESUME_KEYS = ARCH_KEYS + ("loss", "num_negatives", "lr", "weight_decay", "batch_size")
 #: keys that join the resume signature only when they differ from these values (so that
@@ -150,6 +157,13 @@ class EvalSet:
 # --------------------------------------------------------------------------- training
 
 
+def train_fingerprint(cfg: Any) -> dict[str, Any]:
+    """What model.pt depends on: the training settings, the seed and the canonical sequences."""
+    from preprocess.dataset import SEQUENCES
+
+    return fingerprint(cfg, ["recmodel", "seed"], [cfg.data_dir / SEQUENCES], exclude=_NOT_TRAINING, base=cfg.root)
+
+
 def fit(
     cfg: Any,
     *,
@@ -171,7 +185,8 @@ def fit(
     if force:
         for p in (model_path, metrics_path, ckpt_path):
             p.unlink(missing_ok=True)
-    elif model_path.exists() and metrics_path.exists():
+    elif model_path.exists() and metrics_path.exists() and current(
+            out_dir / STAMP_FILE, train_fingerprint(cfg), f"the recommender in {out_dir}"):
         log.info("%s and %s exist; skipping training (use --force to retrain)", model_path, metrics_path)
         return read_json(metrics_path)
 
@@ -334,6 +349,7 @@ def fit(
                   "test": test_m, "seed": cfg.seed, "n_users": len(uids), "dataset": cfg.dataset.name},
     )
     write_json(metrics_path, result)
+    write_stamp(out_dir / STAMP_FILE, train_fingerprint(cfg))
     log.info("best epoch %d; valid %s; test %s (%s); test %s (%s)", state["best_epoch"], _fmt(valid_m), _fmt(test_m),
              PROTOCOLS[mask_hist], _fmt(other), PROTOCOLS[not mask_hist])
     log.info("wrote %s and %s", model_path, metrics_path)

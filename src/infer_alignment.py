@@ -38,7 +38,8 @@ from typing import Any
 
 from core.config import Config, ConfigError, add_config_args, config_from_args
 from core.metrics import compute_metrics, parse_ranked_titles
-from core.registry import ALIGN_TASK_TYPES, LIST_MODES, MODE_METRICS, MODES, eval_paths, task_file
+from core.registry import ALIGN_TASK_TYPES, LIST_MODES, MODE_METRICS, MODEL_STAMP, MODES, TRAIN_TYPES, eval_paths, task_file
+from core.stamps import differences, fingerprint
 from core.utils import JsonlAppender, StageError, read_json, resolve_device, run_stage, set_seed, write_json
 
 log = logging.getLogger(__name__)
@@ -280,6 +281,13 @@ def run_api(cfg: Config, client: Any, records: list[dict], mode: str, rows_path:
 # --------------------------------------------------------------------------- driver
 
 
+#: eval.* keys that change how fast a cell is measured, not what it measures
+_NOT_MEASURING = ("eval.batch_size", "eval.device")
+#: keys that only change which records are measured: rows are kept per record id, so a
+#: change re-measures from the rows there are, adding the missing ones
+_RESAMPLING = ("eval.max_samples", "eval.max_samples_per_mode", "eval.sample_seed")
+
+
 def evaluate(
     cfg: Config,
     task_type: str,
@@ -311,14 +319,32 @@ def evaluate(
     method = method or method_name(task_type, icl)
     paths = eval_paths(cfg, method, mode, split)
 
+    # what a cell depends on: the evaluation settings, the records and (for a trained variant
+    # measured under its own name; src.ablation guards its variants itself) the model's stamp
+    inputs = [task_file(cfg, task_type, split)]
+    if task_type in TRAIN_TYPES and method == method_name(task_type, icl):
+        inputs.append(cfg.llm_dir / task_type / MODEL_STAMP)
+    fp = fingerprint(cfg, ["eval", "llm.base_model", "llm.chat_format", "llm.max_length", "seed"], inputs,
+                     exclude=_NOT_MEASURING, base=cfg.root)
     if force:
         for key in ("rows", "constrained_rows", "metrics"):
             paths[key].unlink(missing_ok=True)
     elif paths["metrics"].is_file():
         done = read_json(paths["metrics"])
+        changes = differences(done["fingerprint"], fp) if done.get("fingerprint") not in (None, fp) else []
+        if changes and all(c.split(":")[0] in _RESAMPLING for c in changes):
+            log.info("%s: %s; measuring again (rows of records measured before are reused)", paths["metrics"],
+                     "; ".join(changes))
+        elif changes:  # (no fingerprint: measured before fingerprints were recorded, kept)
+            raise StageError(
+                f"{paths['metrics']} was measured with other settings or inputs than now "
+                f"({'; '.join(changes)}). Re-run with --force to measure again "
+                f"(bash shell/run_all.sh --from STAGE --force for a whole stage); nothing was deleted")
         stale_api = (use_api and mode == "uid2next"
                      and done.get("settings", {}).get("api_uid2next_k") != cfg.eval.api_uid2next_k)
-        if stale_api:
+        if changes:
+            pass  # resampled: measured again below
+        elif stale_api:
             log.info("%s was measured with another eval.api_uid2next_k; measuring again", paths["metrics"])
         elif not constrained or isinstance(done.get("constrained"), dict):
             log.info("%s exists; skipping (use --force to redo)", paths["metrics"])
@@ -374,6 +400,7 @@ def evaluate(
     }
     if crows is not None:
         metrics["constrained"] = compute_metrics(mode, crows)
+    metrics["fingerprint"] = fp
     write_json(paths["metrics"], metrics)
     shown = {k: round(v, 4) for k, v in metrics.items() if k in MODE_METRICS[mode]}
     log.info("%s %s: %s (n=%d)%s", method, mode, json.dumps(shown), metrics["n"],

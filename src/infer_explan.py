@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from core.config import Config, ConfigError, add_config_args, config_from_args
-from core.registry import EXPLAIN_TASK_TYPES, explain_file, method_display
+from core.registry import EXPLAIN_TASK_TYPES, MODEL_STAMP, TRAIN_TYPES, explain_file, method_display
+from core.stamps import current, fingerprint, write_stamp
 from src.chat import add_aspect
 from core.utils import JsonlAppender, StageError, read_json, resolve_device, run_stage, set_seed
 
@@ -143,6 +144,22 @@ def make_row(rec: dict, explanation: str, method: str, split: str, ctx: _Context
 
 # --------------------------------------------------------------------------- run
 
+#: explain.* keys that do not change an explanation (speed, the judge's own settings; the
+#: sample count only decides how many rows, each kept by id)
+_NOT_EXPLAINING = ("explain.batch_size", "explain.max_samples", "explain.judge_retries", "explain.judge_max_samples",
+                   "explain.judge_model", "explain.judge_max_tokens")
+
+
+def explain_fingerprint(cfg: Config, task_type: str, split: str) -> dict[str, Any]:
+    """What one explanation file depends on: decoding settings, its prompts and its model."""
+    prompts = (cfg.tasks_dir / f"explan_chatgpt_{split}.csv" if task_type == "chatgpt"
+               else cfg.tasks_dir / f"explan_{task_type}_{split}.json")
+    inputs = [prompts] + ([cfg.llm_dir / task_type / MODEL_STAMP] if task_type in TRAIN_TYPES else [])
+    keys = ["explain", "llm.base_model", "llm.chat_format", "llm.max_length", "seed"]
+    if task_type == "chatgpt":
+        keys += ["api.model", "api.temperature", "api.max_tokens"]
+    return fingerprint(cfg, keys, inputs, exclude=_NOT_EXPLAINING, base=cfg.root)
+
 
 def run(
     cfg: Config, task_type: str, split: str = "valid", aspect: str = "", force: bool = False,
@@ -162,8 +179,14 @@ def run(
     records = select(records, cfg.explain.max_samples)
     if aspect:
         records = [dict(r, question=add_aspect(r["question"], aspect, cfg)) for r in records]
+    stamp = out_path.with_name(out_path.name[: -len(".jsonl")] + ".stamp.json")
+    fp = explain_fingerprint(cfg, task_type, split)
     if force and out_path.exists():
         out_path.unlink()
+    if out_path.exists():  # rows to resume from or skip on: only if made with what is asked now
+        current(stamp, fp, f"the explanations in {out_path}")
+    else:
+        write_stamp(stamp, fp)
     ctx = _Context(cfg)
     try:
         with JsonlAppender(out_path) as app:

@@ -40,7 +40,7 @@ from torch import nn
 
 from src.chat import marker_ids
 from core.config import Config, ConfigError
-from core.registry import ITEM_TOKEN, LOADABLE_TASK_TYPES, MARKER_TOKENS, TRAIN_TYPES, USER_TOKEN
+from core.registry import ITEM_TOKEN, LOADABLE_TASK_TYPES, MARKER_TOKENS, MODEL_STAMP, TRAIN_TYPES, USER_TOKEN
 from core.utils import StageError, model_dir_or_hub_id, read_json, weight_file_problem
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 TASK_TYPES = TRAIN_TYPES
 PROJECTORS_FILE = "projectors.pt"
 META_FILE = "meta.json"
+STAMP_FILE = MODEL_STAMP  # the settings and inputs a trained model was made from (core.stamps)
 
 #: chat template of the tiny tokenizer: role cue, content, end token (like ChatML, shorter)
 TINY_CHAT_TEMPLATE = (

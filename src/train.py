@@ -27,9 +27,11 @@ from typing import Any
 import torch
 
 from core.config import Config, ConfigError, add_config_args, config_from_args
+from core.stamps import current, fingerprint, write_stamp
 from src.data import TaskCollator, TaskDataset, filter_task_types, load_task_records, mix_tasks, subsample
 from src.model import (
     META_FILE,
+    STAMP_FILE,
     PROJECTORS_FILE,
     TASK_TYPES,
     RecEncoder,
@@ -292,6 +294,21 @@ def _last_checkpoint(ckpt_dir: Path) -> str | None:
     return None
 
 
+#: train.* keys that change how a run is logged, checkpointed or launched, not what it learns
+_NOT_LEARNING = ("train.eval_steps", "train.save_steps", "train.logging_steps", "train.probe_points",
+                 "train.probe_samples", "train.max_eval_samples", "train.gradient_checkpointing", "train.deepspeed")
+
+
+def train_fingerprint(cfg: Config, task_type: str, zero_projectors: bool = False,
+                      max_steps: int | None = None) -> dict[str, Any]:
+    """What a trained model depends on: the LLM and training settings, its task file and the
+    recommender whose vectors it reads."""
+    fp = fingerprint(cfg, ["llm", "train"], [cfg.tasks_dir / f"{task_type}_train.json", cfg.recmodel_dir / "model.pt"],
+                     exclude=_NOT_LEARNING, base=cfg.root)
+    fp["settings"].update(zero_projectors=zero_projectors, max_steps=max_steps)
+    return fp
+
+
 def train(
     cfg: Config,
     task_type: str,
@@ -313,7 +330,8 @@ def train(
         raise ConfigError(f"--task_type must be one of {', '.join(TASK_TYPES)}, got {task_type!r}")
     out = Path(out_dir) if out_dir else cfg.llm_dir / task_type
     meta_path = out / META_FILE
-    if meta_path.is_file() and read_json(meta_path).get("done") and not force:
+    if meta_path.is_file() and read_json(meta_path).get("done") and not force and current(
+            out / STAMP_FILE, train_fingerprint(cfg, task_type, zero_projectors, max_steps), f"the {task_type} model in {out}"):
         log.info("%s already trained (%s); use --force to redo", task_type, meta_path)
         return out
     set_seed(cfg.train.seed)
@@ -440,7 +458,8 @@ def train(
             "train_loss": result.training_loss,
             "eval_loss": eval_metrics.get("eval_loss"),
         }
-        write_json(meta_path, meta)
+        write_stamp(out / STAMP_FILE, train_fingerprint(cfg, task_type, zero_projectors, max_steps))
+        write_json(meta_path, meta)  # the done marker, last
         log.info(
             "%s done: %d steps, loss %s -> %s, eval_loss %s, %.1f tokens/s -> %s",
             task_type, steps_done, meta["loss_first"], meta["loss_last"], meta["eval_loss"],

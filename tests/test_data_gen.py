@@ -426,6 +426,18 @@ def test_cli_exit_codes_and_skip(tmp_path, capsys):
     assert (tmp_path / "tasks" / "both_train.json").stat().st_mtime_ns == stamp
     assert cli_main(args + ["--force"]) == 0
     assert cli_main(["--config", "configs/tiny.yaml", "--set", "data_gen.max_hist_lenn=3"]) == 2
+    # a changed setting or input stops the reuse (issue 13): named, nothing rewritten
+    capsys.readouterr()
+    stamp = (tmp_path / "tasks" / "both_train.json").stat().st_mtime_ns
+    assert cli_main(args + ["--set", "data_gen.max_hist_len=3"]) == 2
+    err = capsys.readouterr().err
+    assert "data_gen.max_hist_len: 5 -> 3" in err and "--force" in err
+    with open(tmp_path / "recmodel" / "train_top.jsonl", "a", encoding="utf-8") as f:
+        f.write("\n")
+    assert cli_main(args) == 2
+    assert "input recmodel/train_top.jsonl changed" in capsys.readouterr().err
+    assert (tmp_path / "tasks" / "both_train.json").stat().st_mtime_ns == stamp
+    assert cli_main(args + ["--force"]) == 0 and cli_main(args) == 0
 
 
 # --------------------------------------------------------------------------- summaries (task 6, uid2summary)

@@ -138,6 +138,13 @@ def test_base_llm_generates_greedy_and_resumes(tmp_path):
     infer_explan.run(cfg, "none", "valid")
     again = {r["id"]: r["explanation"] for r in read_jsonl(path)}
     assert again == full
+    # other decoding settings do not resume into (or skip on) these rows: named, kept (issue 13)
+    longer = tiny_cfg(tmp_path, "explain.max_new_tokens=9", "explain.batch_size=3", "explain.max_samples=6")
+    with pytest.raises(StageError, match=r"explain\.max_new_tokens: 6 -> 9.*--force"):
+        infer_explan.run(longer, "none", "valid")
+    assert {r["id"]: r["explanation"] for r in read_jsonl(path)} == full
+    infer_explan.run(tiny_cfg(tmp_path, "explain.max_new_tokens=6", "explain.batch_size=2", "explain.max_samples=6"),
+                     "none", "valid")  # batch size is not a reason
 
 
 def test_min_new_tokens_keeps_explanations_from_ending_early(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ import pytest
 import src.infer_alignment as ia
 from core.registry import eval_paths as output_paths
 from src.infer_alignment import attach_icl_examples, evaluate, load_eval_records, main
-from core.utils import JsonlAppender, read_jsonl
+from core.utils import JsonlAppender, StageError, read_jsonl
 from tests.fixtures_eval import TITLES, load_tiny_explainer, setup_eval_root
 from tests.fixtures_explan import FakeOpenAI, clear_api_env
 
@@ -82,6 +82,26 @@ def test_existing_metrics_are_skipped_unless_forced(tmp_path, loaded, monkeypatc
     assert called["n"] == 0
     again = evaluate(cfg, "both", "iid2title", loaded=loaded, force=True)
     assert called["n"] == 1 and again["acc"] == first["acc"]
+    # a changed measuring setting stops the reuse, named; a changed sample count re-measures
+    # from the rows there are; batch size does not count (issue 13)
+    import copy
+
+    other = copy.deepcopy(cfg)
+    other.eval.max_new_tokens += 1
+    with pytest.raises(StageError, match=r"eval\.max_new_tokens: \d+ -> \d+.*--force"):
+        evaluate(other, "both", "iid2title", loaded=loaded)
+    faster = copy.deepcopy(cfg)
+    faster.eval.batch_size += 3
+    assert evaluate(faster, "both", "iid2title", loaded=loaded) == again and called["n"] == 1
+    fewer = copy.deepcopy(cfg)
+    fewer.eval.max_samples_per_mode = {"iid2title": 2}
+    assert evaluate(fewer, "both", "iid2title", loaded=loaded)["n"] == 2 and called["n"] == 2
+    # a retrained model (its stamp changes) makes its cells stale
+    stamp = cfg.llm_dir / "both" / "stamp.json"
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text('{"settings": {"train.lr": 1}}', encoding="utf-8")
+    with pytest.raises(StageError, match=r"input llm/both/stamp.json changed"):
+        evaluate(fewer, "both", "iid2title", loaded=loaded)
 
 
 def test_icl_examples_are_seeded_same_task_and_recorded(tmp_path, loaded):

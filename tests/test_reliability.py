@@ -188,6 +188,24 @@ def test_force_with_a_bad_setting_keeps_the_trained_model(trained):
     assert sorted(p.name for p in out.rglob("*")) == before and read_json(out / "meta.json")["done"]
 
 
+def test_changed_settings_stop_the_reuse_of_a_trained_model(trained):
+    """The fingerprint (stamp.json): keys that change what the model learns stop the skip with
+    the change named; logging / probe / checkpoint keys do not."""
+    import copy
+
+    cfg, enc, out = trained
+    assert read_json(out / "stamp.json")["settings"]["train.lr"] == cfg.train.lr
+    cosmetic = copy.deepcopy(cfg)
+    cosmetic.train.logging_steps, cosmetic.train.probe_points, cosmetic.train.save_steps = 3, 0, 7
+    assert train(cosmetic, "both", rec_encoder=enc) == out  # skipped
+    other = copy.deepcopy(cfg)
+    other.train.lr = cfg.train.lr * 2
+    other.llm.lora.r = cfg.llm.lora.r + 4
+    with pytest.raises(StageError, match=r"llm\.lora\.r: \d+ -> \d+; train\.lr: .* -> .*--force"):
+        train(other, "both", rec_encoder=enc)
+    assert read_json(out / "meta.json")["done"]
+
+
 @pytest.mark.parametrize(
     ("damage", "named"),
     [
