@@ -267,6 +267,10 @@ class TrainConfig:
     #: answers) or "record" (each record's mean token loss, then the mean over records)
     loss_weighting: str = "token"
     seed: int = 42
+    #: any other field of transformers.TrainingArguments, passed through as given (e.g.
+    #: {weight_decay: 0.01, lr_scheduler_type: cosine, max_grad_norm: 0.5}); a name that is
+    #: not a TrainingArguments field, or one that a train.* key above already sets, is an error
+    trainer_args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

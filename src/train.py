@@ -187,8 +187,52 @@ def training_arguments(cfg: Config, output_dir: Path, has_eval: bool, **extra: A
         if not ds.is_file():
             raise ConfigError(f"train.deepspeed: no DeepSpeed config at {ds}")
         kwargs["deepspeed"] = str(ds)
+    kwargs.update(trainer_passthrough(t.trainer_args))
     kwargs.update(extra)
     return TrainingArguments(**kwargs)
+
+
+#: TrainingArguments set from a train.* key, and which key (a pass-through may not set them twice)
+_MAPPED = {"num_train_epochs": "epochs", "learning_rate": "lr", "warmup_steps": "warmup_ratio",
+           "per_device_train_batch_size": "per_device_batch_size", "per_device_eval_batch_size": "per_device_batch_size",
+           "gradient_accumulation_steps": "grad_accum", "logging_steps": "logging_steps", "eval_steps": "eval_steps",
+           "save_steps": "save_steps", "bf16": "bf16", "fp16": "fp16", "activation_checkpointing": "gradient_checkpointing",
+           "train_sampling_strategy": "group_by_length", "seed": "seed", "data_seed": "seed", "deepspeed": "deepspeed"}
+
+
+def trainer_passthrough(args: dict[str, Any]) -> dict[str, Any]:
+    """``train.trainer_args`` checked against the fields of TrainingArguments.
+
+    WHY: a Trainer option a researcher wants (weight decay, a cosine schedule, gradient
+    clipping, torch.compile) should not need a code change in two files; a misspelt one
+    must not be dropped silently, and one that a train.* key already sets must have one
+    source, not two. Our other defaults (weight_decay 0, linear schedule, adamw_torch,
+    save_total_limit 2, ...) may be overridden.
+    """
+    import dataclasses
+    import difflib
+
+    from transformers import TrainingArguments
+
+    if not isinstance(args, dict):
+        raise ConfigError(f"train.trainer_args must be a mapping of TrainingArguments fields, got {args!r}")
+    fields = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    for name in args:
+        if name not in fields:
+            close = difflib.get_close_matches(str(name), sorted(fields), n=3)
+            raise ConfigError(f"train.trainer_args.{name} is not a field of transformers.TrainingArguments"
+                              + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        if name in _MAPPED:
+            raise ConfigError(f"train.trainer_args.{name}: set train.{_MAPPED[name]} instead (it sets {name})")
+        if name in _STRUCTURAL:
+            raise ConfigError(f"train.trainer_args.{name} is set by src.train itself (the trainer depends on it) "
+                              "and cannot be passed through")
+    return dict(args)
+
+
+#: TrainingArguments the RecExplainer trainer relies on: not overridable
+_STRUCTURAL = frozenset({"output_dir", "remove_unused_columns", "prediction_loss_only", "include_num_input_tokens_seen",
+                         "eval_strategy", "save_strategy", "ddp_find_unused_parameters"})
 
 
 def task_mix_of(cfg: Config, task_type: str) -> dict[str, float]:

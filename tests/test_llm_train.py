@@ -137,3 +137,22 @@ def test_modules_to_save_trains_and_resumes_from_a_checkpoint(tmp_path):
     torch.testing.assert_close(emb, ref_emb, rtol=1e-4, atol=1e-5)
     for tid in marker_ids(tok):  # the new <user>/<item> rows moved away from their initial values
         assert not torch.allclose(emb[tid], base.get_input_embeddings().weight[tid])
+
+
+def test_trainer_args_pass_through_validated(tmp_path):
+    """train.trainer_args reaches TrainingArguments as given; a misspelt field, one that a
+    train.* key already sets, or one the trainer depends on is one clear error (issue 14)."""
+    from pathlib import Path
+
+    from core.config import ConfigError
+    from src.train import training_arguments
+
+    cfg = tiny_cfg(tmp_path, "train.trainer_args={weight_decay: 0.01, lr_scheduler_type: cosine, max_grad_norm: 0.5}")
+    args = training_arguments(cfg, Path(tmp_path) / "o", has_eval=False)
+    assert (args.weight_decay, str(args.lr_scheduler_type.value), args.max_grad_norm) == (0.01, "cosine", 0.5)
+    assert args.learning_rate == cfg.train.lr  # the mapped keys still come from train.*
+    for bad, named in [("{weight_decayy: 0.1}", "did you mean weight_decay"),
+                       ("{learning_rate: 0.1}", "set train.lr instead"),
+                       ("{remove_unused_columns: true}", "set by src.train itself")]:
+        with pytest.raises(ConfigError, match=named):
+            training_arguments(tiny_cfg(tmp_path, f"train.trainer_args={bad}"), Path(tmp_path) / "o", has_eval=False)
