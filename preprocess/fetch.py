@@ -40,7 +40,7 @@ from typing import Any
 from tqdm import tqdm
 
 from core.config import REPO_ROOT, Config, ConfigError, add_config_args, config_from_args
-from core.utils import StageError, read_json, setup_logging, sha256_file, write_json
+from core.utils import StageError, read_json, run_stage, sha256_file, write_json
 
 from .readers import parse_record, raw_paths
 
@@ -508,24 +508,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--downloads", type=Path, default=DEFAULT_DOWNLOADS,
                         help="folder for downloaded wheels (default: %(default)s)")
     args = parser.parse_args(argv)
-    setup_logging()
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_stage(lambda: fetch_all(config_from_args(args), args.data, args.models, args.downloads, args.force))
+
+
+def fetch_all(cfg: Config, data: bool, models: bool, downloads: Path, force: bool) -> None:
+    """Every part the config needs; each is tried, so one unreachable URL does not hide what
+    else is missing, and the errors are raised together."""
     steps = []
-    if args.data:
-        steps += [lambda: fetch_dataset(cfg, args.downloads, args.force), lambda: fetch_sharegpt(cfg, args.force)]
-    if args.models:
+    if data:
+        steps += [lambda: fetch_dataset(cfg, downloads, force), lambda: fetch_sharegpt(cfg, force)]
+    if models:
         wanted = models_used(cfg)
         if SMOLLM2_DIR in wanted:
-            steps.append(lambda: convert_smollm2(cfg.models_dir, args.downloads, args.force))
+            steps.append(lambda: convert_smollm2(cfg.models_dir, downloads, force))
         if MINILM_DIR in wanted:
-            steps.append(lambda: fetch_minilm(cfg.models_dir, args.downloads, args.force))
+            steps.append(lambda: fetch_minilm(cfg.models_dir, downloads, force))
         if not wanted:
             log.info("the config uses none of the embedded models (%s, %s); nothing to convert", SMOLLM2_DIR, MINILM_DIR)
-    # every part is tried, so one unreachable URL does not hide what else is missing
     errors = []
     for step in steps:
         try:
@@ -533,9 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         except (StageError, ConfigError) as e:
             errors.append(str(e))
     if errors:
-        print("error: " + "\nerror: ".join(errors), file=sys.stderr)
-        return 2
-    return 0
+        raise StageError("\nerror: ".join(errors))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -47,7 +46,7 @@ from recmodel.models import validate_recmodel_config
 from core.config import ConfigError, add_config_args, config_from_args
 from core.metrics import ci95, next_item_hit_ndcg, ranking_ndcg
 from core.registry import BASELINES
-from core.utils import StageError, read_jsonl, resolve_device, setup_logging, write_json
+from core.utils import StageError, read_jsonl, resolve_device, run_stage, write_json
 
 log = logging.getLogger("recmodel.baselines")
 
@@ -232,26 +231,24 @@ def run(cfg: Any, *, methods: Sequence[str] = METHODS, force: bool = False, prog
     return results
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_config_args(parser)
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of %(default)s")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
-    setup_logging()
-    try:
-        cfg = config_from_args(args)
-        res = run(cfg, methods=[m for m in args.methods.split(",") if m], force=args.force,
+
+    def body() -> None:
+        res = run(config_from_args(args), methods=[m for m in args.methods.split(",") if m], force=args.force,
                   progress=not args.no_progress)
-    except (StageError, ConfigError) as e:
-        log.error("%s", e)
-        sys.exit(2)
-    if res:
-        print(f"{'method':<12}{'T1 HR@5':>10}{'T1 N@5':>10}{'T2 N@5':>10}{'T3 acc':>10}")
-        for m, r in res.items():
-            print(f"{m:<12}{r['uid2next']['hr@5']:>10.4f}{r['uid2next']['ndcg@5']:>10.4f}"
-                  f"{r['uidiid2rank']['ndcg@5']:>10.4f}{r['uidiid2binary']['acc']:>10.4f}")
+        if res:
+            print(f"{'method':<12}{'T1 HR@5':>10}{'T1 N@5':>10}{'T2 N@5':>10}{'T3 acc':>10}")
+            for m, r in res.items():
+                print(f"{m:<12}{r['uid2next']['hr@5']:>10.4f}{r['uid2next']['ndcg@5']:>10.4f}"
+                      f"{r['uidiid2rank']['ndcg@5']:>10.4f}{r['uidiid2binary']['acc']:>10.4f}")
+
+    return run_stage(body)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -42,9 +42,9 @@ from tqdm.auto import tqdm
 from recmodel.data import RecData, load_rec_data
 from recmodel.encoder import RecEncoder, load_rec_encoder, masked_scores
 from recmodel.models import validate_recmodel_config
-from core.config import ConfigError, add_config_args, config_from_args
+from core.config import add_config_args, config_from_args
 from core.stamps import current, fingerprint, write_stamp
-from core.utils import StageError, setup_logging, write_json, write_jsonl
+from core.utils import StageError, run_stage, write_json, write_jsonl
 
 log = logging.getLogger("recmodel.infer")
 
@@ -196,18 +196,12 @@ def run(cfg: Any, *, force: bool = False, out_dir: Path | None = None, data: Rec
     return paths
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_config_args(parser)
     args = parser.parse_args(argv)
-    setup_logging()
-    try:
-        cfg = config_from_args(args)
-        run(cfg, force=args.force)
-    except (StageError, ConfigError) as e:
-        log.error("%s", e)
-        sys.exit(2)
+    return run_stage(lambda: run(config_from_args(args), force=args.force))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -42,9 +42,9 @@ from tqdm.auto import tqdm
 from recmodel.data import RecData, load_rec_data, padded_full, right_aligned, train_windows
 from recmodel.encoder import save_model_file
 from recmodel.models import ARCH_KEYS, TwoTower, build_model, mask_history_, next_item_loss, validate_recmodel_config
-from core.config import ConfigError, add_config_args, config_from_args
+from core.config import add_config_args, config_from_args
 from core.stamps import current, fingerprint, write_stamp
-from core.utils import StageError, atomic_open, read_json, resolve_device, set_seed, setup_logging, write_json
+from core.utils import StageError, atomic_open, read_json, resolve_device, run_stage, set_seed, write_json
 
 log = logging.getLogger("recmodel.train")
 
@@ -360,26 +360,25 @@ def _fmt(m: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4f}" for k, v in m.items() if k.endswith("@10"))
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
     parser.add_argument("--max-epochs", type=int, default=None,
                         help="stop after this epoch (total) without finishing; re-run to continue")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = parser.parse_args(argv)
-    setup_logging()
-    try:
+
+    def body() -> None:
         cfg = config_from_args(args)
         res = fit(cfg, force=args.force, max_epochs=args.max_epochs, progress=not args.no_progress)
-    except (StageError, ConfigError) as e:
-        log.error("%s", e)
-        sys.exit(2)
-    if res.get("finished"):
-        ks = sorted(cfg.recmodel.eval_ks)
-        print(f"{'split':<6}" + "".join(f"{m + '@' + str(k):>10}" for k in ks for m in ("hr", "ndcg", "mrr")))
-        for split in ("valid", "test"):
-            print(f"{split:<6}" + "".join(f"{res[split][f'{m}@{k}']:>10.4f}" for k in ks for m in ("hr", "ndcg", "mrr")))
+        if res.get("finished"):
+            ks = sorted(cfg.recmodel.eval_ks)
+            print(f"{'split':<6}" + "".join(f"{m + '@' + str(k):>10}" for k in ks for m in ("hr", "ndcg", "mrr")))
+            for split in ("valid", "test"):
+                print(f"{split:<6}" + "".join(f"{res[split][f'{m}@{k}']:>10.4f}" for k in ks for m in ("hr", "ndcg", "mrr")))
+
+    return run_stage(body)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

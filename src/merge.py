@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from core.config import Config, ConfigError, add_config_args, config_from_args
+from core.config import Config, add_config_args, config_from_args
 from src.model import META_FILE, PROJECTORS_FILE, TASK_TYPES, load_trained_lm
-from core.utils import StageError, read_json, setup_logging, write_json
+from core.utils import read_json, run_stage, write_json
 
 log = logging.getLogger("src.merge")
 
@@ -59,13 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     add_config_args(parser)
     parser.add_argument("--task_type", required=True, choices=list(TASK_TYPES))
     args = parser.parse_args(argv)
-    setup_logging()
-    try:
-        merge(config_from_args(args), args.task_type, force=args.force)
-    except (StageError, ConfigError) as e:
-        log.error("%s", e)
-        return 2
-    return 0
+    return run_stage(lambda: merge(config_from_args(args), args.task_type, force=args.force))
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from src.model import (
     save_trained,
     saved_model_problem,
 )
-from core.utils import JsonlAppender, StageError, read_json, set_seed, setup_logging, weight_file_problem, write_json
+from core.utils import JsonlAppender, StageError, read_json, run_stage, set_seed, weight_file_problem, write_json
 
 log = logging.getLogger("src.train")
 
@@ -530,14 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task_type", required=True, choices=list(TASK_TYPES))
     parser.add_argument("--max_steps", type=int, default=None, help="stop after this many optimizer steps")
     args = parser.parse_args(argv)
-    setup_logging()
-    try:
-        cfg = config_from_args(args)
-        train(cfg, args.task_type, force=args.force, max_steps=args.max_steps)
-    except (StageError, ConfigError) as e:
-        log.error("%s", e)
-        return 2
-    return 0
+    return run_stage(lambda: train(config_from_args(args), args.task_type, force=args.force, max_steps=args.max_steps))
 
 
 if __name__ == "__main__":

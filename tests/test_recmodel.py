@@ -217,9 +217,7 @@ def test_bad_config_and_missing_data_are_clear_errors(tmp_path):
         rtrain.fit(make_cfg(tmp_path, "recmodel.loss=hinge"), progress=False)
     with pytest.raises(StageError, match="sequences|dataset.json"):
         rtrain.fit(make_cfg(tmp_path), progress=False)
-    with pytest.raises(SystemExit) as e:
-        rtrain.main(["--config", "configs/tiny.yaml", "--set", f"paths.root={tmp_path}", "--no-progress"])
-    assert e.value.code == 2
+    assert rtrain.main(["--config", "configs/tiny.yaml", "--set", f"paths.root={tmp_path}", "--no-progress"]) == 2
 
 
 def test_recdata_splits():
