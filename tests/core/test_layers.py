@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 #: the floors, lowest first
 LAYERS = ("core", "preprocess", "recmodel", "data_gen", "src", "discriminator", "bench")
@@ -133,8 +133,8 @@ def test_a_wrong_import_fails(tmp_path, victim, line, expected):
     # and the test itself fails on it, run as pytest would run it
     test = tmp_path / "test_copy.py"
     test.write_text(
-        f"import sys\nsys.path.insert(0, {str(REPO / 'tests')!r})\nfrom pathlib import Path\n"
-        f"import test_layers\n\ndef test_it():\n    assert test_layers.violations(Path({str(root)!r})) == []\n")
+        f"import sys\nsys.path.insert(0, {str(REPO)!r})\nfrom pathlib import Path\n"
+        f"from tests.core import test_layers\n\ndef test_it():\n    assert test_layers.violations(Path({str(root)!r})) == []\n")
     res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test)],
                          capture_output=True, text=True, cwd=tmp_path)
     assert res.returncode == 1 and expected in res.stdout, res.stdout[-2000:]

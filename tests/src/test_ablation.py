@@ -17,7 +17,7 @@ from core.utils import StageError, read_json, read_jsonl, write_json
 from tests.fixtures_eval import setup_eval_root
 from tests.fixtures_llm import FakeEncoder, one_thread  # noqa: F401 - fixture
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _recs(**counts: int) -> list[dict]:

@@ -19,7 +19,7 @@ from preprocess.build import preprocess
 from preprocess.dataset import load_canonical
 from core.utils import StageError, sha256_file
 
-from .fixtures_preprocess import make_cfg, write_atomic
+from tests.fixtures_preprocess import make_cfg, write_atomic
 
 
 def _fake_recbole_wheel(downloads: Path) -> Path:

@@ -25,7 +25,7 @@ from core.utils import StageError
 from tests.fixtures_eval import TITLES, write_dataset
 from tests.fixtures_llm import one_thread  # noqa: F401 - fixture
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ALIGNED = ("behaviour", "intention", "both")
 
 

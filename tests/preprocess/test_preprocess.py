@@ -20,7 +20,7 @@ from preprocess.synthetic import generate
 from core.config import load_config
 from core.utils import StageError
 
-from .fixtures_preprocess import (
+from tests.fixtures_preprocess import (
     amazon_fixture, make_cfg, steam_fixture, write_atomic, write_gz_lines, write_grouplens,
 )
 
