@@ -180,7 +180,8 @@ class JsonlAppender:
     """Append rows to a .jsonl as they complete, so an interrupted loop can resume.
 
     On open, rows already present are read back (a torn last line from a kill is dropped
-    and the file truncated to the last complete row), and `done` holds their keys.
+    and the file truncated to the last complete row; a bad line with good rows after it is
+    an error, not a cut), and `done` holds their keys.
     """
 
     def __init__(self, path: str | Path, key: str = "id") -> None:
@@ -192,13 +193,23 @@ class JsonlAppender:
             good = 0
             with open(self.path, "rb") as f:
                 data = f.read()
-            for line in data.splitlines(keepends=True):
+            lines = data.splitlines(keepends=True)
+            for lineno, line in enumerate(lines, 1):
+                last = lineno == len(lines)
                 if not line.endswith(b"\n"):
-                    break
+                    break  # only the last line can lack its newline: torn by a kill
+                if not line.strip():
+                    good += len(line)
+                    continue
                 try:
                     self.rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    if last:
+                        break  # a torn last row (its newline written, its text not all)
+                    # WHY: cutting here would silently drop every good row after this one
+                    raise StageError(
+                        f"{self.path}:{lineno}: malformed JSON line with {len(lines) - lineno} row(s) after it; "
+                        "fix or delete that line (nothing was truncated)") from None
                 good += len(line)
             if good != len(data):
                 with open(self.path, "r+b") as f:

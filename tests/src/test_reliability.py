@@ -257,6 +257,25 @@ def test_non_utf8_jsonl_names_file_and_line(tmp_path):
     assert read_jsonl(p) == [{"a": 1}, {"b": 2}]
 
 
+def test_appender_drops_a_torn_last_row_but_never_cuts_good_rows(tmp_path):
+    """Resumable row files (JsonlAppender): a kill tears at most the last row, which is
+    dropped; a bad row in the middle (an edited or appended file) is an error naming it, and
+    the rows after it are not cut away."""
+    from core.utils import JsonlAppender
+
+    p = tmp_path / "rows.jsonl"
+    p.write_bytes(b'{"id": 1}\n{"id": 2}\n{"id": 3, "x"')  # torn by a kill
+    with JsonlAppender(p) as app:
+        assert app.done == {1, 2}
+        app.append({"id": 3})
+    assert read_jsonl(p) == [{"id": 1}, {"id": 2}, {"id": 3}]
+    p.write_bytes(b'{"id": 1}\n{"id": 2, oops}\n{"id": 3}\n{"id": 4}\n')
+    before = p.read_bytes()
+    with pytest.raises(StageError, match=r"rows\.jsonl:2: malformed JSON line with 2 row\(s\) after it"):
+        JsonlAppender(p)
+    assert p.read_bytes() == before
+
+
 def test_non_utf8_json_names_file_and_line(tmp_path):
     p = tmp_path / "dataset.json"
     p.write_bytes(b'{\n  "a": 1,\n  "b": "\xc3\x28"\n}\n')
