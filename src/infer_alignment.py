@@ -283,9 +283,13 @@ def run_api(cfg: Config, client: Any, records: list[dict], mode: str, rows_path:
 
 #: eval.* keys that change how fast a cell is measured, not what it measures
 _NOT_MEASURING = ("eval.batch_size", "eval.device")
-#: keys that only change which records are measured: rows are kept per record id, so a
-#: change re-measures from the rows there are, adding the missing ones
-_RESAMPLING = ("eval.max_samples", "eval.max_samples_per_mode", "eval.sample_seed")
+#: keys whose change re-measures from the rows there are: the sample keys only change which
+#: records are measured (rows are kept per record id); rows asked with another API question
+#: are dropped by run_api itself
+_REMEASURED = ("eval.max_samples", "eval.max_samples_per_mode", "eval.sample_seed",
+               "eval.api_uid2next_k", "eval.api_uid2next_instruction")
+#: eval keys of the API model only
+_API_KEYS = ("eval.api_uid2next_k", "eval.api_uid2next_instruction")
 
 
 def evaluate(
@@ -325,14 +329,14 @@ def evaluate(
     if task_type in TRAIN_TYPES and method == method_name(task_type, icl):
         inputs.append(cfg.llm_dir / task_type / MODEL_STAMP)
     fp = fingerprint(cfg, ["eval", "llm.base_model", "llm.chat_format", "llm.max_length", "seed"], inputs,
-                     exclude=_NOT_MEASURING, base=cfg.root)
+                     exclude=_NOT_MEASURING + (() if use_api else _API_KEYS), base=cfg.root)
     if force:
         for key in ("rows", "constrained_rows", "metrics"):
             paths[key].unlink(missing_ok=True)
     elif paths["metrics"].is_file():
         done = read_json(paths["metrics"])
         changes = differences(done["fingerprint"], fp) if done.get("fingerprint") not in (None, fp) else []
-        if changes and all(c.split(":")[0] in _RESAMPLING for c in changes):
+        if changes and all(c.split(":")[0] in _REMEASURED for c in changes):
             log.info("%s: %s; measuring again (rows of records measured before are reused)", paths["metrics"],
                      "; ".join(changes))
         elif changes:  # (no fingerprint: measured before fingerprints were recorded, kept)

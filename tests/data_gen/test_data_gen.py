@@ -349,7 +349,7 @@ def test_same_seed_byte_identical_and_caps(tmp_path):
     run(tiny_config(a))
     run(tiny_config(b))
     files = sorted(p.name for p in (a / "tasks").iterdir())
-    assert len(files) == len(output_paths(tiny_config(a)))
+    assert len(files) == len(output_paths(tiny_config(a))) + 1 and "stamp.json" in files  # + the fingerprint
     for name in files:
         assert (a / "tasks" / name).read_bytes() == (b / "tasks" / name).read_bytes(), name
     # another seed changes template choices / shuffles, not the answers' source

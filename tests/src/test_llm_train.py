@@ -85,7 +85,7 @@ def test_resume_continues_from_last_checkpoint(tmp_path):
         assert resumed[step] == pytest.approx(full[step], rel=1e-4), step
 
 
-def test_skip_when_done_force_redo_and_cli_errors(tmp_path, caplog):
+def test_skip_when_done_force_redo_and_cli_errors(tmp_path, capsys):
     cfg = tiny_cfg(tmp_path, "train.max_train_samples=8", "train.per_device_batch_size=4", "train.save_steps=1000")
     write_tasks(cfg, "both", mixed_records(12, 0), mixed_records(4, 1))
     enc = FakeEncoder()
@@ -99,7 +99,8 @@ def test_skip_when_done_force_redo_and_cli_errors(tmp_path, caplog):
     assert {"adapter", "projectors.pt", "tokenizer", "meta.json"} <= {p.name for p in out.iterdir()}
     # a missing task file is one clear message and exit code 2
     assert main(["--config", "configs/tiny.yaml", "--set", f"paths.root={tmp_path}/none", "--task_type", "intention"]) == 2
-    assert "intention_train.json" in caplog.text and "data_gen" in caplog.text
+    err = capsys.readouterr().err
+    assert "error: " in err and "intention_train.json" in err and "data_gen" in err
 
 
 def test_modules_to_save_trains_and_resumes_from_a_checkpoint(tmp_path):
