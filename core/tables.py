@@ -100,6 +100,18 @@ def render_csv(rows: list[list[Any]], columns: list[str]) -> str:
     return buf.getvalue()
 
 
+def render_titled(title: str, rows: list[list[str]], columns: list[str]) -> tuple[str, str]:
+    """(markdown, csv) of a table whose cells are already formatted strings, under a plain
+    title paragraph (Tables 2 and 3: their cells mix counts, shares and "a / b" pairs)."""
+    md = [title, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    md += ["| " + " | ".join(r) + " |" for r in rows]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    w.writerows(rows)
+    return "\n".join(md) + "\n", buf.getvalue()
+
+
 def write_table(
     cfg: Config, name: str, rows: list[list[Any]], columns: list[str], title: str = "", notes: list[str] | None = None,
 ) -> str:

@@ -16,8 +16,6 @@ and Table 3 to ``tables/table3.md`` / ``.csv`` (printed).
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import logging
 import sys
 from pathlib import Path
@@ -30,6 +28,7 @@ from discriminator.finetune import fine_tune_predict
 from core.config import Config, add_config_args, config_from_args
 from core.metrics import regression_metrics
 from core.registry import EXPLAIN_METHODS
+from core.tables import render_titled
 from core.utils import StageError, read_json, read_jsonl, run_stage, write_json, write_jsonl, write_text
 
 log = logging.getLogger("discriminator.run_reg")
@@ -93,13 +92,7 @@ def render_table3(results: dict[str, dict], display: dict[str, str], dataset: st
                      "-" if r.get("pearson") is None else f"{r['pearson']:.3f}", str(r["n_train"]), str(r["n_test"])])
     title = (f"Table 3. Score predictors on {dataset}: MSE between the recommender's score and the score "
              "predicted from each method's explanation (lower is better; same test pairs for every method).")
-    md = [title, "", "| " + " | ".join(TABLE3_COLUMNS) + " |", "|" + "---|" * len(TABLE3_COLUMNS)]
-    md += ["| " + " | ".join(r) + " |" for r in rows]
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(TABLE3_COLUMNS)
-    w.writerows(rows)
-    return "\n".join(md) + "\n", buf.getvalue()
+    return render_titled(title, rows, TABLE3_COLUMNS)
 
 
 def run(cfg: Config, methods: list[str] | None = None, force: bool = False) -> dict[str, dict]:

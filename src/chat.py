@@ -340,11 +340,7 @@ def pad_markers(users: list[list[int]], items: list[int], max_seq_len: int) -> t
 def collate_for_generation(
     tokenizer: Any, records: Sequence[dict], cfg: Config, max_prompt_length: int | None = None
 ) -> dict[str, torch.Tensor]:
-    """Left-padded batch of prompts (no answers) plus marker inputs, ready for generate().
-
-    Left padding keeps every prompt's last token at the end of the row, so a batched
-    generate() continues each prompt from the right place.
-    """
+    """Left-padded batch of prompts (no answers) plus marker inputs, ready for generate()."""
     user_id, item_id = marker_ids(tokenizer)
     max_prompt_length = cfg.llm.max_length if max_prompt_length is None else max_prompt_length
     L = cfg.recmodel.max_seq_len
@@ -364,14 +360,25 @@ def collate_for_generation(
         rows.append(ids)
         users.extend(u)
         items.extend(i)
+    return left_padded_batch(tokenizer, rows, users, items, L)
+
+
+def left_padded_batch(
+    tokenizer: Any, rows: list[list[int]], users: list[list[int]], items: list[int], max_seq_len: int
+) -> dict[str, torch.Tensor]:
+    """Prompt token rows padded on the left, with the marker inputs, as generate() takes them.
+
+    Left padding keeps every prompt's last token at the end of the row, so a batched
+    generate() continues each prompt from the right place.
+    """
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id(tokenizer)
     width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    input_ids = torch.full((len(rows), width), int(pad), dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
     for b, r in enumerate(rows):
         input_ids[b, width - len(r) :] = torch.tensor(r, dtype=torch.long)
         attention_mask[b, width - len(r) :] = 1
-    u, i = pad_markers(users, items, L)
+    u, i = pad_markers(users, items, max_seq_len)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "user_histories": u, "item_ids": i}
 
 

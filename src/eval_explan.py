@@ -27,8 +27,6 @@ Outputs: ``judge/summary.json``, ``tables/table2.md`` and ``.csv`` (printed too)
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import logging
 import sys
@@ -39,6 +37,7 @@ from core.api_client import ChatClient, FatalAPIError
 from core.config import Config, ConfigError, add_config_args, config_from_args
 from core.registry import EXPLAIN_METHODS as METHOD_ORDER, explain_file, method_display
 from core.metrics import decision_summary, normalise_label, rating_summary
+from core.tables import render_titled
 from src.judge import explanation_sha, judge_many, judge_messages
 from core.utils import JsonlAppender, StageError, iter_jsonl, run_stage, write_json, write_text
 
@@ -341,13 +340,7 @@ def render_table2(summary: dict[str, Any]) -> tuple[str, str]:
         "share of distinct word bigrams per explanation and 'repetitive' the share below "
         f"{DEGENERATE_BELOW} (degenerate repetition)."
     )
-    md = [title, "", "| " + " | ".join(TABLE2_COLUMNS) + " |", "|" + "---|" * len(TABLE2_COLUMNS)]
-    md += ["| " + " | ".join(r) + " |" for r in rows]
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(TABLE2_COLUMNS)
-    w.writerows(rows)
-    return "\n".join(md) + "\n", buf.getvalue()
+    return render_titled(title, rows, TABLE2_COLUMNS)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,9 +41,9 @@ from src.chat import (
     collate_for_generation,
     encode_answer,
     encode_prompt,
+    left_padded_batch,
     marker_ids,
     marker_inputs,
-    pad_markers,
 )
 from core.config import Config, ConfigError
 from core.metrics import yes_no_decision
@@ -232,15 +232,7 @@ def collate_icl(tokenizer: Any, records: Sequence[dict], cfg: Config, max_prompt
         rows.append(ids)
         users.extend(u)
         items.extend(i)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), int(pad), dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, r in enumerate(rows):
-        input_ids[b, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-        attention_mask[b, width - len(r) :] = 1
-    u, i = pad_markers(users, items, L)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "user_histories": u, "item_ids": i}
+    return left_padded_batch(tokenizer, rows, users, items, L)
 
 
 def collate(tokenizer: Any, records: Sequence[dict], cfg: Config, max_prompt_length: int) -> dict[str, torch.Tensor]:

@@ -106,3 +106,17 @@ def write_tasks(cfg: Config, task_type: str, train: list[dict], valid: list[dict
     cfg.tasks_dir.mkdir(parents=True, exist_ok=True)
     (cfg.tasks_dir / f"{task_type}_train.json").write_text(json.dumps(train), encoding="utf-8")
     (cfg.tasks_dir / f"{task_type}_valid.json").write_text(json.dumps(valid), encoding="utf-8")
+
+
+def stop_at(n: int):
+    """A Trainer callback that simulates a killed run: training stops right after step `n`
+    (the checkpoints written up to that step are on disk)."""
+    from transformers import TrainerCallback
+
+    class StopAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == n:
+                control.should_training_stop = True
+            return control
+
+    return StopAt()

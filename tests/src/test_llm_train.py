@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import TrainerCallback
 
 from src.chat import collate_for_generation
 from src.model import load_trained
 from src.train import main, train
 from core.utils import read_json, read_jsonl
-from tests.fixtures_llm import one_thread, CLUSTERS, FakeEncoder, cluster_records, mixed_records, tiny_cfg, write_tasks
+from tests.fixtures_llm import one_thread, CLUSTERS, FakeEncoder, cluster_records, mixed_records, stop_at, tiny_cfg, write_tasks
 
 FAST = ["llm.lora.enabled=false", "train.epochs=10", "train.lr=0.003", "train.per_device_batch_size=16",
         "train.logging_steps=10", "train.eval_steps=80", "train.save_steps=1000"]
@@ -44,17 +43,6 @@ def test_intention_training_reads_the_user_embedding(tmp_path):
     assert accs["zeroed"] <= majority + 0.1, accs  # without the vector it can only guess
 
 
-class _StopAt(TrainerCallback):
-    """Simulates a killed run: stop right after step `n` (a checkpoint is written there)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def on_step_end(self, args, state, control, **kw):
-        if state.global_step == self.n:
-            control.should_training_stop = True
-        return control
-
 
 def _losses(out):
     return {r["step"]: r["loss"] for r in read_jsonl(out / "train_log.jsonl") if r["kind"] == "train"}
@@ -72,7 +60,7 @@ def test_resume_continues_from_last_checkpoint(tmp_path):
 
     cfg = tiny_cfg(tmp_path / "killed", *over)
     write_tasks(cfg, "behaviour", recs, mixed_records(8, 1))
-    out = train(cfg, "behaviour", rec_encoder=enc, max_steps=20, callbacks=[_StopAt(10)])
+    out = train(cfg, "behaviour", rec_encoder=enc, max_steps=20, callbacks=[stop_at(10)])
     assert (out / "checkpoints" / "checkpoint-10" / "projectors.pt").is_file()
     assert not (out / "checkpoints" / "checkpoint-10" / "model.safetensors").exists()  # trainable parts only
     (out / "meta.json").unlink()  # as if the process had died after checkpoint-10
@@ -121,7 +109,7 @@ def test_modules_to_save_trains_and_resumes_from_a_checkpoint(tmp_path):
 
     cfg = tiny_cfg(tmp_path / "killed", *over)
     write_tasks(cfg, "both", recs, mixed_records(8, 1))
-    out = train(cfg, "both", rec_encoder=enc, max_steps=4, callbacks=[_StopAt(2)])
+    out = train(cfg, "both", rec_encoder=enc, max_steps=4, callbacks=[stop_at(2)])
     (out / "meta.json").unlink()
     train(cfg, "both", rec_encoder=enc, max_steps=4)
     meta = read_json(out / "meta.json")

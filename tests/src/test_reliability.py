@@ -13,13 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-from transformers import TrainerCallback
 
 from core.config import REPO_ROOT, ConfigError
 from src.model import load_trained, saved_model_problem
 from src.train import _last_checkpoint, checkpoint_problem, train
 from core.utils import StageError, model_dir_or_hub_id, read_json, read_jsonl, weight_file_problem
-from tests.fixtures_llm import FakeEncoder, mixed_records, one_thread, tiny_cfg, write_tasks  # noqa: F401
+from tests.fixtures_llm import FakeEncoder, mixed_records, one_thread, stop_at, tiny_cfg, write_tasks  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -118,17 +117,6 @@ _OVER = ["train.per_device_batch_size=4", "train.logging_steps=1", "train.save_s
          "train.max_train_samples=24", "train.max_eval_samples=4", "train.lr=0.01"]
 
 
-class _StopAt(TrainerCallback):
-    """Simulates a killed run: stop right after step `n` (checkpoints up to n are on disk)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def on_step_end(self, args, state, control, **kw):
-        if state.global_step == self.n:
-            control.should_training_stop = True
-        return control
-
 
 def _losses(out: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_jsonl(out / "train_log.jsonl") if r["kind"] == "train"}
@@ -145,7 +133,7 @@ def test_killed_checkpoint_save_resumes_from_the_previous_checkpoint(tmp_path, c
 
     cfg = tiny_cfg(tmp_path / "killed", *_OVER)
     write_tasks(cfg, "both", recs, valid)
-    out = train(cfg, "both", rec_encoder=enc, max_steps=6, callbacks=[_StopAt(4)])
+    out = train(cfg, "both", rec_encoder=enc, max_steps=6, callbacks=[stop_at(4)])
     ckpts = out / "checkpoints"
     assert {p.name for p in ckpts.iterdir()} >= {"checkpoint-2", "checkpoint-4"}
     (out / "meta.json").unlink()  # as if killed while checkpoint-4 was being written
