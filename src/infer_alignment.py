@@ -351,6 +351,9 @@ def evaluate(
         elif stale_api:
             log.info("%s was measured with another eval.api_uid2next_k; measuring again", paths["metrics"])
         elif not constrained or isinstance(done.get("constrained"), dict):
+            if "fingerprint" not in done:  # measured before fingerprints: kept, and recorded from now on
+                log.info("%s has no fingerprint; keeping it and recording the current settings", paths["metrics"])
+                write_json(paths["metrics"], {**done, "fingerprint": fp})
             log.info("%s exists; skipping (use --force to redo)", paths["metrics"])
             return done
 
