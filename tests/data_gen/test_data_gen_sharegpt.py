@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
@@ -11,15 +10,14 @@ from data_gen.inputs import load_sharegpt
 from data_gen.pipeline import run
 from core.utils import StageError
 from tests.fixtures_data_gen import build_root, sharegpt_fixture, tiny_config
+from tests.fixtures_explan import clear_api_env
 
 GOOD = {"good1", "good2", "good3", "trailing_human"}
 
 
 @pytest.fixture(autouse=True)
 def _no_api_env(monkeypatch):
-    for k in list(os.environ):
-        if k.startswith(("OPENAI_", "AZURE_OPENAI", "ENGINE")):
-            monkeypatch.delenv(k, raising=False)
+    clear_api_env(monkeypatch)
 
 
 def test_reader_keeps_strict_alternation_within_budget(tmp_path):

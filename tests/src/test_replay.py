@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
@@ -13,15 +12,14 @@ from src.replay import build_replay, replay_instructions
 from core.utils import StageError
 from tests.fixtures_data_gen import build_root, tiny_config
 from tests.fixtures_llm import one_thread  # noqa: F401  (fixture)
+from tests.fixtures_explan import clear_api_env
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)
 def _no_api_env(monkeypatch):
-    for k in list(os.environ):
-        if k.startswith(("OPENAI_", "AZURE_OPENAI", "ENGINE")):
-            monkeypatch.delenv(k, raising=False)
+    clear_api_env(monkeypatch)
 
 
 def test_instructions_are_seeded_distinct_and_use_every_template(tmp_path):
