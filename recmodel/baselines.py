@@ -46,7 +46,8 @@ from recmodel.models import validate_recmodel_config
 from core.config import ConfigError, add_config_args, config_from_args
 from core.metrics import ci95, next_item_hit_ndcg, ranking_ndcg
 from core.registry import BASELINES
-from core.utils import StageError, read_jsonl, resolve_device, run_stage, write_json
+from core.stamps import differences, fingerprint
+from core.utils import StageError, read_json, read_jsonl, resolve_device, run_stage, write_json
 
 log = logging.getLogger("recmodel.baselines")
 
@@ -174,6 +175,17 @@ def full_histories_for(rows: list[dict], data: RecData, split: str, path: Path) 
 # --------------------------------------------------------------------------- stage
 
 
+def baseline_fingerprint(cfg: Any, method: str, rows_path: Path) -> dict[str, Any]:
+    """What a baseline's cells depend on (core.stamps): the scoring cuts, the seed, the
+    export it scores, the dataset; KD-SASRec also its own settings and the teacher."""
+    keys = ["recmodel.max_seq_len", "recmodel.pos_cut", "recmodel.neg_cut", "seed"]
+    inputs = [rows_path, cfg.data_dir / "sequences.txt"]
+    if method == "kd_sasrec":
+        keys.append("recmodel.kd")
+        inputs.append(cfg.recmodel_dir / "model.pt")
+    return fingerprint(cfg, keys, inputs, base=cfg.root)
+
+
 def run(cfg: Any, *, methods: Sequence[str] = METHODS, force: bool = False, progress: bool = True,
         data: RecData | None = None, split: str = "test") -> dict[str, dict]:
     """Score each baseline on recmodel/<split>_top.jsonl; write and return their metrics."""
@@ -183,17 +195,26 @@ def run(cfg: Any, *, methods: Sequence[str] = METHODS, force: bool = False, prog
     if unknown:
         raise ConfigError(f"unknown baseline '{unknown[0]}' (choose from {', '.join(METHODS)})")
     out_dir = cfg.recmodel_dir / "baselines"
+    rows_path = cfg.recmodel_dir / f"{split}_top.jsonl"
     results: dict[str, dict] = {}
     todo = []
     for m in methods:
         p = out_dir / f"{m}.metrics.json"
         if p.exists() and not force:
+            done = read_json(p)
+            fp = baseline_fingerprint(cfg, m, rows_path)
+            if done.get("fingerprint") is None:  # measured before fingerprints: kept, recorded from now on
+                write_json(p, {**done, "fingerprint": fp})
+            elif done["fingerprint"] != fp:
+                raise StageError(
+                    f"{p} was measured with other settings or inputs than now "
+                    f"({'; '.join(differences(done['fingerprint'], fp))}). Re-run with --force to measure "
+                    "again; nothing was deleted")
             log.info("%s exists; skipping (use --force to redo)", p)
         else:
             todo.append(m)
     if not todo:
         return results
-    rows_path = cfg.recmodel_dir / f"{split}_top.jsonl"
     rows = read_jsonl(rows_path, what="recommender export")
     if not rows:
         raise StageError(f"{rows_path}: no rows")
@@ -222,7 +243,8 @@ def run(cfg: Any, *, methods: Sequence[str] = METHODS, force: bool = False, prog
             student.eval()
             scorer = model_scorer(student, device)
         res = evaluate_rows(rows, fulls, scorer, seed=cfg.seed * 1000 + 17 + i, desc=m, **common)
-        res.update(method=m, split=split, source=str(rows_path), **extra)
+        res.update(method=m, split=split, source=str(rows_path), fingerprint=baseline_fingerprint(cfg, m, rows_path),
+                   **extra)
         write_json(out_dir / f"{m}.metrics.json", res)
         results[m] = res
         log.info("%s: task1 HR@5 %.4f NDCG@5 %.4f | task2 NDCG@5 %.4f | task3 acc %.4f", m,

@@ -14,7 +14,7 @@ from recmodel import infer as rinfer
 from recmodel import train as rtrain
 from recmodel.kd import distillation_loss, prefix_history_mask
 from recmodel.models import SASRec
-from core.utils import read_json
+from core.utils import StageError, read_json
 from tests.fixtures_recmodel import cluster_sequences, make_cfg, write_canonical
 
 
@@ -102,6 +102,13 @@ def test_kd_student_agrees_with_teacher_better_than_random(tmp_path):
     assert (cfg.recmodel_dir / "baselines" / "kd_sasrec.pt").exists()
     # a re-run skips the finished methods
     assert rb.run(cfg, progress=False) == {}
+    # a changed KD setting or a retrained teacher stops the reuse of KD-SASRec, named (issue 13);
+    # Random and Popularity do not depend on either
+    other = make_cfg(tmp_path, "recmodel.epochs=8", "recmodel.lr=0.01", "recmodel.kd.epochs=15",
+                     "recmodel.kd.lr=0.01", "recmodel.kd.temperature=3.0")
+    assert rb.run(other, methods=["random", "popularity"], progress=False) == {}
+    with pytest.raises(StageError, match=r"recmodel\.kd\.temperature: 2\.0 -> 3\.0.*--force"):
+        rb.run(other, progress=False)
 
 
 def test_popularity_samples_by_popularity_and_sorts_candidates():
