@@ -142,8 +142,24 @@ def current(stamp_path: str | Path, fp: dict[str, Any], what: str, rebuild: str 
         return True
     if old == fp:
         return True
-    changes = differences(old, fp)
-    raise StageError(
+    raise stale_error(what, differences(old, fp), rebuild)
+
+
+def embedded_changes(path: str | Path, done: dict[str, Any], fp: dict[str, Any]) -> list[str]:
+    """:func:`current` for a fingerprint kept inside a metrics json (``done["fingerprint"]``):
+    the differences from `fp`, [] when current. A file made before fingerprints gets `fp`
+    recorded and counts as current."""
+    old = done.get("fingerprint")
+    if old is None:
+        log.info("%s has no fingerprint; keeping it and recording the current settings", path)
+        write_json(path, {**done, "fingerprint": fp})
+        return []
+    return [] if old == fp else differences(old, fp)
+
+
+def stale_error(what: str, changes: Sequence[str], rebuild: str = "--force") -> StageError:
+    """The one message for outputs made from other settings or inputs than now."""
+    return StageError(
         f"{what} was made from other settings or inputs than now ({'; '.join(changes)}). Re-run this "
         f"stage with {rebuild} to rebuild it (and, with bash shell/run_all.sh --from <this stage> --force, "
         f"the stages after it), or restore the old settings; nothing was deleted"

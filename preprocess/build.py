@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import Config
-from core.stamps import differences, digest
+from core.stamps import differences, digest, stale_error
 from core.utils import StageError, atomic_open, read_json, sha256_file, write_json, write_jsonl, write_text
 
 from .dataset import DATASET_JSON, ITEMS, SEQUENCES, STATS_MD, canonical_paths, sequence_stats, stats_table
@@ -82,11 +82,7 @@ def preprocess(cfg: Config, force: bool = False) -> dict[str, Any]:
         info = read_json(out[DATASET_JSON])
         changes = _changes_since(cfg, info)
         if changes:
-            raise StageError(
-                f"{cfg.data_dir} was built from other dataset settings or raw files than {cfg.source_file} "
-                f"names now ({'; '.join(changes)}). Re-run with --force to rebuild it (bash shell/run_all.sh "
-                "--force for every stage after it), or restore the old settings; nothing was deleted"
-            )
+            raise stale_error(f"the dataset in {cfg.data_dir}", changes)
         log.info("canonical dataset exists in %s; skipping (use --force to redo)", cfg.data_dir)
         print(stats_table(cfg.dataset.name, info))
         return info

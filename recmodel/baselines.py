@@ -46,7 +46,7 @@ from recmodel.models import validate_recmodel_config
 from core.config import ConfigError, add_config_args, config_from_args
 from core.metrics import ci95, next_item_hit_ndcg, ranking_ndcg
 from core.registry import BASELINES
-from core.stamps import differences, fingerprint
+from core.stamps import embedded_changes, fingerprint, stale_error
 from core.utils import StageError, read_json, read_jsonl, resolve_device, run_stage, write_json
 
 log = logging.getLogger("recmodel.baselines")
@@ -201,15 +201,9 @@ def run(cfg: Any, *, methods: Sequence[str] = METHODS, force: bool = False, prog
     for m in methods:
         p = out_dir / f"{m}.metrics.json"
         if p.exists() and not force:
-            done = read_json(p)
-            fp = baseline_fingerprint(cfg, m, rows_path)
-            if done.get("fingerprint") is None:  # measured before fingerprints: kept, recorded from now on
-                write_json(p, {**done, "fingerprint": fp})
-            elif done["fingerprint"] != fp:
-                raise StageError(
-                    f"{p} was measured with other settings or inputs than now "
-                    f"({'; '.join(differences(done['fingerprint'], fp))}). Re-run with --force to measure "
-                    "again; nothing was deleted")
+            changes = embedded_changes(p, read_json(p), baseline_fingerprint(cfg, m, rows_path))
+            if changes:
+                raise stale_error(str(p), changes)
             log.info("%s exists; skipping (use --force to redo)", p)
         else:
             todo.append(m)

@@ -60,7 +60,8 @@ class TwoTower(nn.Module):
     max_seq_len: int
 
     def sequence_output(self, seqs: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+        # the one abstract hook of TwoTower: SASRec and MF each define it
+        raise NotImplementedError(f"{type(self).__name__} must define sequence_output (B, L) -> (B, L, d)")
 
     def user_repr(self, seqs: torch.Tensor) -> torch.Tensor:
         """(B, L) right-aligned histories -> (B, d) user vectors (state after the last item)."""

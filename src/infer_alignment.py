@@ -39,7 +39,7 @@ from typing import Any
 from core.config import Config, ConfigError, add_config_args, config_from_args
 from core.metrics import compute_metrics, parse_ranked_titles
 from core.registry import ALIGN_TASK_TYPES, LIST_MODES, MODE_METRICS, MODEL_STAMP, MODES, TRAIN_TYPES, eval_paths, task_file
-from core.stamps import differences, fingerprint
+from core.stamps import embedded_changes, fingerprint, stale_error
 from core.utils import JsonlAppender, StageError, read_json, resolve_device, run_stage, set_seed, write_json
 
 log = logging.getLogger(__name__)
@@ -335,15 +335,12 @@ def evaluate(
             paths[key].unlink(missing_ok=True)
     elif paths["metrics"].is_file():
         done = read_json(paths["metrics"])
-        changes = differences(done["fingerprint"], fp) if done.get("fingerprint") not in (None, fp) else []
+        changes = embedded_changes(paths["metrics"], done, fp)
         if changes and all(c.split(":")[0] in _REMEASURED for c in changes):
             log.info("%s: %s; measuring again (rows of records measured before are reused)", paths["metrics"],
                      "; ".join(changes))
-        elif changes:  # (no fingerprint: measured before fingerprints were recorded, kept)
-            raise StageError(
-                f"{paths['metrics']} was measured with other settings or inputs than now "
-                f"({'; '.join(changes)}). Re-run with --force to measure again "
-                f"(bash shell/run_all.sh --from STAGE --force for a whole stage); nothing was deleted")
+        elif changes:
+            raise stale_error(str(paths["metrics"]), changes)
         stale_api = (use_api and mode == "uid2next"
                      and done.get("settings", {}).get("api_uid2next_k") != cfg.eval.api_uid2next_k)
         if changes:
@@ -351,9 +348,6 @@ def evaluate(
         elif stale_api:
             log.info("%s was measured with another eval.api_uid2next_k; measuring again", paths["metrics"])
         elif not constrained or isinstance(done.get("constrained"), dict):
-            if "fingerprint" not in done:  # measured before fingerprints: kept, and recorded from now on
-                log.info("%s has no fingerprint; keeping it and recording the current settings", paths["metrics"])
-                write_json(paths["metrics"], {**done, "fingerprint": fp})
             log.info("%s exists; skipping (use --force to redo)", paths["metrics"])
             return done
 
