@@ -12,7 +12,13 @@ that budget live in a single place that every stage shares:
   (``cfg.api.base_url`` or ``OPENAI_API_BASE``) is a keyless local server such as vLLM.
 * **Several endpoints at once**, used round-robin, so many keys spread the load; a retry goes
   to the next endpoint, so one rate-limited key does not stall the run.
-* **A concurrency limit** (``cfg.api.max_concurrency`` threads / in-flight requests).
+* **A concurrency limit** (``cfg.api.max_concurrency`` threads / in-flight requests) that
+  adapts to the server: the openai client's timeout runs from the moment a request is
+  sent, so against a server with fewer slots than requests in flight, time spent in its
+  queue would count as a timeout (and the answer be computed again, unseen). A timeout
+  while other requests were in flight halves the limit and re-sends the request without
+  charging it an attempt or the circuit breaker; once one request is in flight at a time,
+  a timeout is the server's own slowness and counts as usual (:class:`_Gate`).
 * **Retries with exponential backoff and jitter** on 429, 408/409, 5xx, timeouts and
   connection errors. The openai library's own retries are switched off (``max_retries=0``)
   so the number of attempts is ours and visible in :attr:`ChatClient.stats`.
@@ -75,6 +81,42 @@ KEYLESS = "EMPTY"
 
 class _MalformedResponse(Exception):
     """A 200 answer without the chat-completions shape (a proxy's error page, say): retried."""
+
+
+class _Gate:
+    """A concurrency limit that can be lowered while requests are in flight.
+
+    `enter()` blocks until fewer than `limit` requests are in flight and returns how many
+    were in flight then, this one included: a timeout with others beside it may be time
+    queued at the server rather than its slowness (see the module docstring).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, int(limit))
+        self._in_flight = 0
+        self._cond = threading.Condition()
+
+    def enter(self) -> int:
+        with self._cond:
+            while self._in_flight >= self.limit:
+                self._cond.wait()
+            self._in_flight += 1
+            return self._in_flight
+
+    def leave(self) -> None:
+        with self._cond:
+            self._in_flight -= 1
+            self._cond.notify_all()
+
+    def lower(self, seen: int) -> int | None:
+        """Halve the limit below `seen` in-flight requests; the new limit, or None when it
+        was already that low (another thread lowered it for the same burst)."""
+        with self._cond:
+            new = max(1, seen // 2)
+            if new >= self.limit:
+                return None
+            self.limit = new
+            return new
 
 
 class APIRequestFailed(StageError):
@@ -204,7 +246,7 @@ class ChatClient:
         self._rr_lock = threading.Lock()
         self._clients: dict[str, Any] = {}
         self._clients_lock = threading.Lock()
-        self._slots = threading.BoundedSemaphore(max(1, int(self.api.max_concurrency)))
+        self._gate = _Gate(int(self.api.max_concurrency))
         self._stats_lock = threading.Lock()
         #: counters: requests sent (each attempt), cache hits, retries, failed requests, answers
         #: cut at max_tokens (finish_reason "length", sent or cached)
@@ -366,6 +408,20 @@ class ChatClient:
                 )
                 self._trip_event.set()
 
+    def _queued_timeout(self, in_flight: int) -> None:
+        """A timeout with `in_flight` requests out: lower the concurrency below that (said
+        once per change; another timed-out request of the same burst may have lowered it
+        already). The caller re-sends without charging an attempt: each such re-send goes
+        out with fewer in flight than the last, so it ends at one in flight, where a
+        timeout counts as usual."""
+        new = self._gate.lower(in_flight)
+        if new is not None:
+            log.warning(
+                "an API request timed out after %g s with %d request(s) in flight: the server seems to "
+                "answer fewer at once, and api.timeout_s counts the time queued there; lowering the "
+                "concurrency to %d for this run (set api.max_concurrency to the server's slots)",
+                float(self.api.timeout_s), in_flight, new)
+
     def _check_breaker(self) -> None:
         if self._tripped is not None:
             self._count("failures")
@@ -376,18 +432,23 @@ class ChatClient:
 
         attempts = int(self.api.max_retries) + 1
         last = ""
-        for attempt in range(attempts):
+        attempt = 0
+        while attempt < attempts:
             self._check_breaker()
             ep = self._next_endpoint()
             client = self._client_for(ep)
             retry_after: float | None = None
+            in_flight = 1
             try:
-                with self._slots:
+                in_flight = self._gate.enter()
+                try:
                     self._check_breaker()
                     self._count("requests")
                     resp = client.chat.completions.create(
                         model=model_override or ep.model, messages=messages, **params
                     )
+                finally:
+                    self._gate.leave()
                 choices = getattr(resp, "choices", None)
                 if not choices or getattr(choices[0], "message", None) is None:
                     raise _MalformedResponse("response has no choices[0].message")
@@ -408,7 +469,14 @@ class ChatClient:
                 retry_after = _retry_after(e)
                 if status >= 500:  # rate limits (429) are the server working, not failing
                     self._transient_failure(last)
-            except (openai.APITimeoutError, openai.APIConnectionError) as e:
+            except openai.APITimeoutError as e:
+                last = f"{type(e).__name__} from {ep.name}: {self._redact(str(e))[:200]}"
+                if in_flight > 1:
+                    self._queued_timeout(in_flight)
+                    self._count("retries")
+                    continue  # the same attempt again, with fewer in flight
+                self._transient_failure(last)
+            except openai.APIConnectionError as e:
                 last = f"{type(e).__name__} from {ep.name}: {self._redact(str(e))[:200]}"
                 self._transient_failure(last)
             except (_MalformedResponse, openai.APIResponseValidationError, ValueError) as e:
@@ -416,11 +484,12 @@ class ChatClient:
                 # the JSON decoder's error; it is the server misbehaving, so it is retried
                 last = f"malformed response from {ep.name}: {self._redact(str(e))[:200]}"
                 self._transient_failure(last)
-            if attempt + 1 < attempts:
+            attempt += 1
+            if attempt < attempts:
                 self._check_breaker()
                 wait = self._backoff(attempt, retry_after)
                 self._count("retries")
-                log.debug("API retry %d/%d in %.2fs after %s", attempt + 1, attempts - 1, wait, last)
+                log.debug("API retry %d/%d in %.2fs after %s", attempt, attempts - 1, wait, last)
                 self._trip_event.wait(wait)  # a tripped breaker wakes every sleeping retry
         self._count("failures")
         raise APIRequestFailed(f"API request failed after {attempts} attempts; last error: {last}")

@@ -30,11 +30,10 @@ import argparse
 import logging
 import random
 import sys
-from pathlib import Path
 from typing import Any
 
 from core.config import Config, ConfigError, add_config_args, config_from_args
-from discriminator.files import data_dir, data_fingerprint
+from discriminator.files import data_dir
 from core.registry import explain_file, method_display
 from core.utils import StageError, iter_jsonl, read_json, run_stage, sha256_file, write_json, write_jsonl
 

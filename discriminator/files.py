@@ -1,12 +1,23 @@
-"""Where the discriminator datasets live and their fingerprint: what discriminator.data_gen
-writes and discriminator.run_cls / run_reg read (stages meet through these files)."""
+"""Where the discriminator datasets live (what discriminator.data_gen writes and
+discriminator.run_cls / run_reg read: stages meet through these files), and the fingerprint
+that decides whether a fine-tuned model's metrics can be reused."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Any
 
 from core.config import Config
-from core.utils import StageError, sha256_file
+from core.stamps import embedded_changes, fingerprint
+from core.utils import StageError, read_json
+
+log = logging.getLogger(__name__)
+
+#: the discriminator settings a fine-tuned classifier / score predictor depends on (the data
+#: settings are in the data files' digests; device and save_model change no number)
+TRAINING_KEYS = tuple(f"discriminator.{k}" for k in (
+    "encoder", "max_length", "epochs", "lr", "batch_size", "weight_decay", "warmup_ratio", "reg_standardize", "seed"))
 
 
 def data_dir(cfg: Config) -> Path:
@@ -14,9 +25,28 @@ def data_dir(cfg: Config) -> Path:
     return cfg.discriminator_dir / "datasets"
 
 
-def data_fingerprint(*paths: Path) -> str:
-    """sha256 over data files: a trained model's metrics are reused only for the same data."""
+def _require(paths: tuple[Path, ...]) -> None:
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise StageError(f"missing discriminator data {missing[0]} (written by python -m discriminator.data_gen; run it first)")
-    return "-".join(sha256_file(p)[:16] for p in paths)
+
+
+def model_fingerprint(cfg: Config, *paths: Path) -> dict[str, Any]:
+    """The fingerprint of a model fine-tuned on the data files `paths`: their digests and
+    the training settings, so that a changed lr or encoder retrains instead of reusing."""
+    _require(paths)
+    return fingerprint(cfg, TRAINING_KEYS, paths, base=cfg.root)
+
+
+def reusable(metrics_path: Path, fp: dict[str, Any], force: bool) -> dict[str, Any] | None:
+    """The metrics in `metrics_path` when they were made with fingerprint `fp`, else None
+    (retrain; the log says what changed). Cheap stages retrain instead of stopping."""
+    if force or not metrics_path.is_file():
+        return None
+    old = read_json(metrics_path)
+    changes = embedded_changes(metrics_path, old, fp)
+    if not changes:
+        log.info("%s exists for the current data and settings; skipping (use --force to retrain)", metrics_path)
+        return read_json(metrics_path)
+    log.info("%s was made from other data or settings (%s); retraining", metrics_path, "; ".join(changes))
+    return None

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from discriminator.files import data_dir, data_fingerprint
+from discriminator.files import data_dir, model_fingerprint, reusable
 from discriminator.finetune import fine_tune_predict
 from core.config import Config, add_config_args, config_from_args
 from core.metrics import classification_metrics
@@ -73,13 +73,10 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
             f"{dd}: no classifier data (needs explanations of >= 2 methods of discriminator.cls_methods; "
             "run python -m src.infer_explan for them, then python -m discriminator.data_gen --force)"
         )
-    data_sha = data_fingerprint(dd / "cls_train.jsonl", dd / "cls_test.jsonl")
-    if metrics_path.is_file() and not force:
-        old = read_json(metrics_path)
-        if old.get("data_sha") == data_sha:
-            log.info("%s exists for the current data; skipping (use --force to retrain)", metrics_path)
-            return old
-        log.info("classifier data changed since %s; retraining", metrics_path)
+    fp = model_fingerprint(cfg, dd / "cls_train.jsonl", dd / "cls_test.jsonl")
+    done = reusable(metrics_path, fp, force)
+    if done is not None:
+        return done
     names = [labels.get("display", {}).get(m, m) for m in methods]
     train = read_jsonl(dd / "cls_train.jsonl", what="classifier train data")
     test = read_jsonl(dd / "cls_test.jsonl", what="classifier test data")
@@ -93,7 +90,7 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
     truth = [int(r["label"]) for r in test]
     metrics = classification_metrics(truth, pred, names)
     metrics.update(methods=methods, n_train=len(train), encoder=cfg.discriminator.encoder,
-                   epochs=cfg.discriminator.epochs, data_sha=data_sha)
+                   epochs=cfg.discriminator.epochs, fingerprint=fp)
     write_jsonl(out / "predictions.jsonl", (
         {"id": r["id"], "method": r["method"], "label": t, "pred": p, "pred_method": methods[p]}
         for r, t, p in zip(test, truth, pred)))

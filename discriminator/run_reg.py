@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from discriminator.files import data_dir, data_fingerprint
+from discriminator.files import data_dir, model_fingerprint, reusable
 from discriminator.finetune import fine_tune_predict
 from core.config import Config, add_config_args, config_from_args
 from core.metrics import regression_metrics
@@ -43,13 +43,10 @@ def train_method(cfg: Config, method: str, force: bool = False) -> dict[str, Any
     out = out_dir(cfg)
     path = out / f"metrics_{method}.json"
     dd = data_dir(cfg)
-    data_sha = data_fingerprint(dd / f"reg_{method}_train.jsonl", dd / f"reg_{method}_test.jsonl")
-    if path.is_file() and not force:
-        old = read_json(path)
-        if old.get("data_sha") == data_sha:
-            log.info("%s exists for the current data; skipping (use --force to retrain)", path)
-            return old
-        log.info("score predictor data of %s changed since %s; retraining", method, path)
+    fp = model_fingerprint(cfg, dd / f"reg_{method}_train.jsonl", dd / f"reg_{method}_test.jsonl")
+    done = reusable(path, fp, force)
+    if done is not None:
+        return done
     train = read_jsonl(dd / f"reg_{method}_train.jsonl", what=f"score predictor data for {method}")
     test = read_jsonl(dd / f"reg_{method}_test.jsonl", what=f"score predictor data for {method}")
     y_train = np.array([float(r["score"]) for r in train])
@@ -72,7 +69,7 @@ def train_method(cfg: Config, method: str, force: bool = False) -> dict[str, Any
         "target_mean": mean, "target_std": std,
         "pearson": reg["pearson"],
         "encoder": cfg.discriminator.encoder, "standardized": bool(cfg.discriminator.reg_standardize),
-        "data_sha": data_sha,
+        "fingerprint": fp,
     }
     write_jsonl(out / f"pred_{method}.jsonl", (
         {"id": r["id"], "uid": r.get("uid"), "iid": r.get("iid"), "score": float(y), "pred": float(p)}

@@ -87,11 +87,16 @@ class RawData:
 # --------------------------------------------------------------------------- line IO
 
 
-def iter_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
+def iter_lines(path: Path, encoding: str = "utf-8", whole_lines: bool = False) -> Iterator[tuple[int, str]]:
     """Yield (line number, line) from a plain or gzip text file.
 
     A truncated/corrupt gzip or undecodable text is a StageError naming the file and the
     last good line, instead of the EOFError/zlib.error traceback Python would give.
+
+    `whole_lines` is for delimited files (``.inter``, ``u.data``, ``u.item``): a download
+    cut mid-line there still splits into the right number of fields (``196\t242\t3\t8812``,
+    the timestamp cut short) and would be read as data, so a last line without its
+    newline is an error. JSON-lines files do not need it: a cut record does not parse.
     """
     if not path.is_file():
         raise StageError(f"missing raw file: {path}")
@@ -101,6 +106,12 @@ def iter_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]
         opener = gzip.open(path, "rt", encoding=encoding) if gz else open(path, encoding=encoding)
         with opener as f:
             for lineno, line in enumerate(f, 1):
+                if whole_lines and not line.endswith("\n") and line.strip():
+                    raise StageError(
+                        f"{path}:{lineno}: the file ends in the middle of line {lineno} (no newline after "
+                        f"{line[-40:]!r}): a cut download or copy? Fetch it again (python -m preprocess.fetch); "
+                        "if the file is complete, end it with a newline"
+                    )
                 yield lineno, line
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise StageError(
@@ -239,7 +250,7 @@ def _atomic_header(path: Path, line: str, need: list[str]) -> dict[str, int]:
 def read_movielens_atomic(inter: Path, item: Path, cfg: Config) -> RawData:
     """RecBole atomic files: `.inter` (user_id, item_id, [rating], timestamp) + `.item`."""
     raw = RawData(ratings=[], files=[inter, item])
-    lines = iter_lines(item)
+    lines = iter_lines(item, whole_lines=True)
     header = next(lines, None)
     if header is None:
         raise StageError(f"{item}: empty file")
@@ -266,7 +277,7 @@ def read_movielens_atomic(inter: Path, item: Path, cfg: Config) -> RawData:
             continue
         raw.items[iid] = finish_item(meta, cfg)
 
-    lines = iter_lines(inter)
+    lines = iter_lines(inter, whole_lines=True)
     header = next(lines, None)
     if header is None:
         raise StageError(f"{inter}: empty file")
@@ -305,7 +316,7 @@ def read_movielens_grouplens(data: Path, item: Path, cfg: Config, genre: Path | 
                     raise StageError(f"{genre}:{lineno}: expected 'name|{len(genres)}', got {line.strip()!r}")
                 genres.append(name)
     n_fixed = 5
-    for lineno, line in iter_lines(item, "latin-1"):
+    for lineno, line in iter_lines(item, "latin-1", whole_lines=True):
         if not line.strip():
             continue
         parts = line.rstrip("\n").rstrip("\r").split("|")
@@ -332,7 +343,7 @@ def read_movielens_grouplens(data: Path, item: Path, cfg: Config, genre: Path | 
             continue
         raw.items[iid] = finish_item(meta, cfg)
 
-    for lineno, line in tqdm(iter_lines(data), desc=f"read {data.name}", unit=" lines", mininterval=2, leave=False):
+    for lineno, line in tqdm(iter_lines(data, whole_lines=True), desc=f"read {data.name}", unit=" lines", mininterval=2, leave=False):
         if not line.strip():
             continue
         parts = line.split()

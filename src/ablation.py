@@ -175,16 +175,13 @@ def train_variant(cfg: Config, task_type: str, v: Variant, force: bool, max_step
     from src.train import train
 
     meta_path = v.model_dir / META_FILE
-    if not v.exclude:  # the full model: the normal llm/<T>/, trained only if missing
-        if not (meta_path.is_file() and read_json(meta_path).get("done")):
-            log.info("full model %s missing; training it", v.model_dir)
-            train(cfg, task_type, rec_encoder=rec_encoder, max_steps=max_steps)
-        meta = read_json(meta_path)
-        had = meta.get("exclude_tasks", [])
-        if list(had) != list(cfg.train.exclude_tasks):
-            raise StageError(f"{meta_path}: the full model was trained with train.exclude_tasks={had}, the config "
-                             f"has {cfg.train.exclude_tasks}; retrain it (python -m src.train --force) or fix the config")
-        return meta
+    if not v.exclude:
+        # the full model is the normal llm/<T>/: trained if missing, never forced from here;
+        # train() stops with the changed settings named when it was made from other ones
+        # (another budget, train.exclude_tasks, a retrained recommender), so the variants
+        # are always compared with a full model of their own settings
+        train(cfg, task_type, rec_encoder=rec_encoder, max_steps=max_steps)
+        return read_json(meta_path)
     train(variant_config(cfg, v), task_type, force=force, rec_encoder=rec_encoder, max_steps=max_steps,
           out_dir=v.model_dir)
     return read_json(meta_path)

@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from core.api_client import ChatClient, FatalAPIError
+from core.api_client import ChatClient, FatalAPIError, request_key
 from core.config import Config, ConfigError, add_config_args, config_from_args
 from core.registry import EXPLAIN_METHODS as METHOD_ORDER, explain_file, method_display
 from core.metrics import decision_summary, normalise_label, rating_summary
@@ -113,24 +113,24 @@ def judge_method(
     appended to `errors`; the answers received before it are cached either way.
     """
     errors = [] if errors is None else errors
+    params: dict[str, Any] = {"max_tokens": cfg.explain.judge_max_tokens}
+    if cfg.explain.judge_model:
+        params["model"] = cfg.explain.judge_model
+    convs = {}
+    for row in rows:
+        hist, item = titles.context(row, where)
+        convs[str(row["id"])] = judge_messages(hist, item, row["label"], row["explanation"])
+    # what a cached rating answered: the whole request (rubric, titles, label, explanation,
+    # max tokens), so a changed judge prompt or setting is judged again, never reused
+    asked = {sid: request_key(params.get("model", ""), msgs, params) for sid, msgs in convs.items()}
     with JsonlAppender(cache_path) as app:
         cached = {str(r["id"]): r for r in app.rows}
-        todo = []
-        for row in rows:
-            c = cached.get(str(row["id"]))
-            if not _current(c, row, judge_model):
-                todo.append(row)
+        todo = [row for row in rows if not _current(cached.get(str(row["id"])), row, judge_model, asked[str(row["id"])])]
         if todo and client is not None:
             log.info("%s: judging %d explanation(s) (%d cached)", method, len(todo), len(rows) - len(todo))
-            convs = []
-            for row in todo:
-                hist, item = titles.context(row, where)
-                convs.append(judge_messages(hist, item, row["label"], row["explanation"]))
-            params: dict[str, Any] = {"max_tokens": cfg.explain.judge_max_tokens}
-            if cfg.explain.judge_model:
-                params["model"] = cfg.explain.judge_model
             try:
-                outcomes = judge_many(client, convs, cfg.explain.judge_retries, desc=f"judge {method}", **params)
+                outcomes = judge_many(client, [convs[str(r["id"])] for r in todo], cfg.explain.judge_retries,
+                                      desc=f"judge {method}", **params)
             except FatalAPIError as e:  # bad key, tripped breaker: these rows stay unjudged, the caller decides
                 log.error("judge %s: %s", method, e)
                 errors.append(f"{method}: {e}")
@@ -143,25 +143,26 @@ def judge_method(
                     "label": row["label"], "rating": out.rating, "answer": out.answer, "attempts": out.attempts,
                     "first_unparseable": out.first_unparseable, "truncated": out.truncated,
                     "explanation_sha": explanation_sha(row["explanation"]),
+                    "request_sha": asked[str(row["id"])],
                     "judge_model": judge_model,
                 }
                 app.append(jrow)
                 cached[str(row["id"])] = jrow
         elif todo:
             log.info("%s: %d explanation(s) not judged (no endpoint)", method, len(todo))
-    valid = {}
-    for row in rows:
-        c = cached.get(str(row["id"]))
-        if _current(c, row, judge_model):
-            valid[str(row["id"])] = c
-    return valid
+    return {str(r["id"]): cached[str(r["id"])] for r in rows
+            if _current(cached.get(str(r["id"])), r, judge_model, asked[str(r["id"])])}
 
 
-def _current(cached: dict | None, row: dict, judge_model: str) -> bool:
-    """A cached judge row still answers for `row`: same explanation, same judge. An unknown
+def _current(cached: dict | None, row: dict, judge_model: str, request_sha: str) -> bool:
+    """A cached judge row still answers for `row`: the same judge request (rows cached
+    before requests were recorded: the same explanation) and the same judge. An unknown
     judge ("": no api.model / ENGINE on a cache-only re-run) accepts the cached one's."""
-    return cached is not None and cached.get("explanation_sha") == explanation_sha(row["explanation"]) and (
-        not judge_model or cached.get("judge_model") == judge_model)
+    if cached is None or (judge_model and cached.get("judge_model") != judge_model):
+        return False
+    if "request_sha" in cached:
+        return cached["request_sha"] == request_sha
+    return cached.get("explanation_sha") == explanation_sha(row["explanation"])
 
 
 def discover_methods(cfg: Config, split: str) -> list[str]:

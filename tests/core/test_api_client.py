@@ -205,6 +205,29 @@ def test_dead_endpoint_trips_the_circuit_breaker_in_seconds(tmp_path, caplog):
     assert "judge: 20 request(s) (batch stopped): 0 answered" in caplog.text
 
 
+def test_timeout_from_queueing_lowers_concurrency_instead_of_failing(tmp_path, caplog):
+    """A one-slot server (llama.cpp's default) and 6 requests in flight: the later ones time
+    out while queued there. Those timeouts lower the client's concurrency and are re-sent
+    without using up attempts or tripping the breaker, so every request is answered."""
+    slot = threading.Lock()
+
+    def one_at_a_time(body: dict, n: int):
+        with slot:
+            time.sleep(0.25)
+        return 200, "ok " + body["messages"][-1]["content"]
+
+    caplog.set_level(logging.INFO)
+    with FakeOpenAI(one_at_a_time) as srv:
+        cfg = tiny_cfg(tmp_path, f"api.base_url={srv.base_url}", "api.model=m", "api.max_concurrency=6",
+                       "api.timeout_s=0.6", "api.max_retries=2", "api.max_consecutive_failures=3")
+        client = ChatClient(cfg, environ={})
+        out = client.complete_many([_msgs(str(i)) for i in range(6)], desc="judge")
+    assert out == [f"ok {i}" for i in range(6)]
+    assert client.stats["failures"] == 0 and client._gate.limit < 6
+    assert "request(s) in flight: the server seems to answer fewer at once" in caplog.text
+    assert "set api.max_concurrency to the server's slots" in caplog.text
+
+
 def test_breaker_resets_on_success_and_ignores_rate_limits(tmp_path):
     # every other attempt fails with 503: never 3 in a row, so everything is answered
     def flaky(body: dict, n: int):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import random
 
 import pytest
@@ -88,7 +90,7 @@ def test_data_gen_needs_explanations(tmp_path):
     assert not data_gen.data_dir(c).exists() or not any(data_gen.data_dir(c).iterdir())
 
 
-def test_classifier_and_regressor_learn_separable_toy_set(cfg, capsys):
+def test_classifier_and_regressor_learn_separable_toy_set(cfg, capsys, caplog):
     data_gen.build(cfg)
     m = run_cls.run(cfg)
     assert m["accuracy"] >= 0.9
@@ -111,5 +113,13 @@ def test_classifier_and_regressor_learn_separable_toy_set(cfg, capsys):
     assert "RecExplainer-H" in table and f"{r['mse']:.4f}" in table
     assert read_json(run_reg.out_dir(cfg) / "metrics.json")["both"]["mse"] == r["mse"]
     assert "Table 3" in capsys.readouterr().out
-    # cached: a second call reuses the metrics for unchanged data
+    # cached: a second call reuses the metrics for unchanged data and settings
     assert run_reg.run(cfg, ["both"])["both"] == r
+    assert run_cls.run(cfg) == m
+    # a changed training setting retrains (and says why) instead of reusing the old numbers
+    changed = dataclasses.replace(cfg, discriminator=dataclasses.replace(cfg.discriminator, lr=cfg.discriminator.lr * 2))
+    with caplog.at_level(logging.INFO, logger="discriminator.files"):
+        r2 = run_reg.run(changed, ["both"])["both"]
+    assert "discriminator.lr: " in caplog.text and "retraining" in caplog.text
+    assert r2["fingerprint"]["settings"]["discriminator.lr"] == cfg.discriminator.lr * 2
+    assert read_json(run_reg.out_dir(cfg) / "metrics_both.json")["fingerprint"] == r2["fingerprint"]

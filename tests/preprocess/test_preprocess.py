@@ -164,6 +164,19 @@ def test_missing_field_and_bad_tsv(tmp_path: Path) -> None:
         preprocess(make_cfg(tmp_path, *ov))
 
 
+def test_ratings_file_cut_mid_line_is_an_error(tmp_path: Path) -> None:
+    # the cut keeps 4 fields (the timestamp is only shorter), so only the missing newline tells
+    ov = write_atomic(tmp_path / "raw" / "ml")
+    path = tmp_path / "raw" / "ml" / "ml.inter"
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text[:-3], encoding="utf-8")
+    assert len(path.read_text(encoding="utf-8").splitlines()[-1].split("\t")) == 4
+    cfg = make_cfg(tmp_path, *ov)
+    with pytest.raises(StageError, match=r"ml\.inter:\d+: the file ends in the middle of line"):
+        preprocess(cfg)
+    assert _data_files(cfg) == []
+
+
 def test_missing_raw_file_says_how_to_fetch(tmp_path: Path) -> None:
     cfg = make_cfg(tmp_path, "dataset.fetch=none", "dataset.raw_subdir=nothing")
     with pytest.raises(StageError, match="missing raw file: .*tiny.inter.*download_data.sh"):

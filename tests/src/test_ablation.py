@@ -105,7 +105,7 @@ def test_ablation_command_end_to_end_on_tiny(tmp_path, monkeypatch, caplog):
     caplog.clear()
     with caplog.at_level(logging.INFO):
         assert main(argv) == 0
-    assert caplog.text.count("already trained") == 2
+    assert caplog.text.count("already trained") == 3  # the full model (its stamp checked) and the 2 variants
     assert caplog.text.count("every mode already evaluated; skipping") == 3
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
@@ -146,11 +146,19 @@ def test_task_entries_types_groups_and_paper_tasks():
 
 
 def test_full_model_trained_with_other_exclusions_is_refused(tmp_path):
+    import copy
+
+    from core.stamps import write_stamp
     from src.ablation import plan_variants, train_variant
+    from src.model import STAMP_FILE
+    from src.train import train_fingerprint
 
     cfg = setup_eval_root(tmp_path)
     full = plan_variants(cfg, "both", "uid2next")[0]
+    other = copy.deepcopy(cfg)
+    other.train.exclude_tasks = ["iid2title"]
     write_json(full.model_dir / "meta.json", {"done": True, "exclude_tasks": ["iid2title"]})
-    with pytest.raises(StageError, match=r"full model was trained with train\.exclude_tasks=\['iid2title'\], "
-                                         r"the config has \[\]"):
+    write_stamp(full.model_dir / STAMP_FILE, train_fingerprint(other, "both", max_steps=1))
+    with pytest.raises(StageError, match=r"the both model in .* was made from other settings or inputs than now "
+                                         r'\(train\.exclude_tasks: \["iid2title"\] -> \[\]\)'):
         train_variant(cfg, "both", full, force=False, max_steps=1)

@@ -169,6 +169,11 @@ def test_judge_faults_partial_cache_only_and_subset_merge(tmp_path, monkeypatch,
     assert eval_explan.main(_argv(tmp_path)) == 0
     again = (cfg.tables_dir / "table2.md").read_text()
     assert rows_of(again) == rows_of(table) and "from cache" in again and "skipped" not in again
+    # a changed judge setting is a different request: no cached rating answers for it
+    assert eval_explan.main(_argv(tmp_path, "explain.judge_max_tokens=900")) == 0
+    assert "skipped" in (cfg.tables_dir / "table2.md").read_text()
+    assert eval_explan.main(_argv(tmp_path)) == 0
+    assert (cfg.tables_dir / "table2.md").read_text() == again
 
     # a regenerated explanation against a dead endpoint: non-zero, Table 2 untouched, in seconds
     rows = list(ROWS["none"])
