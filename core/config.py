@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -415,6 +416,16 @@ class PipelineConfig:
     explain_splits: list[str] = field(default_factory=lambda: ["valid", "train"])
 
 
+class _UnderRoot:
+    """A read-only Config attribute for a folder under ``paths.root``, named once."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, cfg: "Config | None", owner: type | None = None) -> Any:
+        return self if cfg is None else cfg.root / self.name
+
+
 @dataclass
 class Config:
     #: name of the profile (tiny | ml100k | paper); informative
@@ -464,50 +475,22 @@ class Config:
     def models_dir(self) -> Path:
         return self.resolve(self.paths.models_dir)
 
-    @property
-    def data_dir(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def recmodel_dir(self) -> Path:
-        return self.root / "recmodel"
-
-    @property
-    def tasks_dir(self) -> Path:
-        return self.root / "tasks"
+    # every stage's output folder under paths.root (cfg.llm_dir -> <root>/llm)
+    data_dir = _UnderRoot("data")
+    recmodel_dir = _UnderRoot("recmodel")
+    tasks_dir = _UnderRoot("tasks")
+    llm_dir = _UnderRoot("llm")
+    eval_dir = _UnderRoot("eval")
+    explain_dir = _UnderRoot("explain")
+    judge_dir = _UnderRoot("judge")
+    discriminator_dir = _UnderRoot("discriminator")
+    tables_dir = _UnderRoot("tables")
+    cache_dir = _UnderRoot("cache")
 
     @property
     def replay_file(self) -> Path:
         """The ShareGPT stand-in written by src.replay (data_gen.sharegpt_replay)."""
         return self.root / "replay" / "sharegpt_replay.json"
-
-    @property
-    def llm_dir(self) -> Path:
-        return self.root / "llm"
-
-    @property
-    def eval_dir(self) -> Path:
-        return self.root / "eval"
-
-    @property
-    def explain_dir(self) -> Path:
-        return self.root / "explain"
-
-    @property
-    def judge_dir(self) -> Path:
-        return self.root / "judge"
-
-    @property
-    def discriminator_dir(self) -> Path:
-        return self.root / "discriminator"
-
-    @property
-    def tables_dir(self) -> Path:
-        return self.root / "tables"
-
-    @property
-    def cache_dir(self) -> Path:
-        return self.root / "cache"
 
 
 # --------------------------------------------------------------------------- loading
@@ -908,6 +891,23 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     return load_config(args.config, args.overrides)
+
+
+def config_stage_main(
+    argv: list[str] | None, doc: str, body: Callable[[Config, argparse.Namespace], object], *,
+    prog: str | None = None, add_args: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> int:
+    """The whole entry point of a stage that reads a config (--config/--set/--force plus
+    `add_args`): parse, load, run `body(cfg, args)` under ``core.utils.run_stage`` (one
+    ``error:`` line and exit 2 for a bad input). Returns the exit status for ``sys.exit``."""
+    from core.utils import run_stage
+
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser)
+    if add_args is not None:
+        add_args(parser)
+    args = parser.parse_args(argv)
+    return run_stage(lambda: body(config_from_args(args), args))
 
 
 def config_arg(cfg: Config) -> str:

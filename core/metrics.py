@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 #: separator of titles inside one answer (task records join lists with it)
@@ -234,26 +234,48 @@ def _mean(values: Iterable[float]) -> float:
     return float(sum(vals) / len(vals)) if vals else 0.0
 
 
+def _first_generation(row: dict, key: str) -> str:
+    return (row.get(key) or [""])[0]
+
+
+def _score_next(row: dict, key: str) -> dict[str, float]:
+    hr, ndcg = hit_ndcg_at_k(row.get(key) or [], row.get("answer", ""), k=5)
+    return {"hr@5": hr, "ndcg@5": ndcg}
+
+
+def _score_binary(row: dict, key: str) -> dict[str, float]:
+    return {"acc": binary_correct(row.get("pred"), row.get("answer", ""))}
+
+
+def _score_rank(row: dict, key: str) -> dict[str, float]:
+    return {"ndcg@5": rank_ndcg_from_text(_first_generation(row, key), row.get("answer", ""), k=5)}
+
+
+def _score_hist(row: dict, key: str) -> dict[str, float]:
+    return {"hcr": history_coverage(_first_generation(row, key), split_titles(row.get("answer", "")))}
+
+
+def _score_title(row: dict, key: str) -> dict[str, float]:
+    return {"acc": exact_match(_first_generation(row, key), row.get("answer", ""))}
+
+
+#: the per-row formula of each inference mode: (row, generations key) -> {metric: value}.
+#: A new task's formula goes here, its metric keys in core.registry's InferenceTask.
+SCORERS: dict[str, Callable[[dict, str], dict[str, float]]] = {
+    "uid2next": _score_next, "uidiid2binary": _score_binary, "uidiid2rank": _score_rank,
+    "uid2hist": _score_hist, "iid2title": _score_title,
+}
+
+
 def sample_scores(mode: str, row: dict, key: str = "generations") -> dict[str, float]:
     """Metric values of one evaluation row (as written by src.infer_alignment).
 
     Rows hold ``answer`` plus, for generative modes, ``generations`` (list of strings,
     ranked) and for uidiid2binary ``pred`` ("Yes"/"No" or None).
     """
-    answer = row.get("answer", "")
-    if mode == "uid2next":
-        hr, ndcg = hit_ndcg_at_k(row.get(key) or [], answer, k=5)
-        return {"hr@5": hr, "ndcg@5": ndcg}
-    if mode == "uidiid2binary":
-        return {"acc": binary_correct(row.get("pred"), answer)}
-    first = (row.get(key) or [""])[0]
-    if mode == "uidiid2rank":
-        return {"ndcg@5": rank_ndcg_from_text(first, answer, k=5)}
-    if mode == "uid2hist":
-        return {"hcr": history_coverage(first, split_titles(answer))}
-    if mode == "iid2title":
-        return {"acc": exact_match(first, answer)}
-    raise ValueError(f"unknown inference mode {mode!r}; known: {sorted(MODE_METRICS)}")
+    if mode not in SCORERS:
+        raise ValueError(f"unknown inference mode {mode!r}; known: {sorted(MODE_METRICS)}")
+    return SCORERS[mode](row, key)
 
 
 def compute_metrics(mode: str, rows: Sequence[dict], key: str = "generations") -> dict[str, float]:

@@ -5,11 +5,10 @@ names here are the on-disk names (``eval/<method>/``, ``explain/<method>_<split>
 ``tasks/<form file>_<split>.json``), the ``--task_type`` values of the LLM stages, the table
 rows and labels, the inference modes and the metric keys each one reports.
 
-Adding an alignment task: an entry in :data:`TYPE_FORMS` / :data:`TASK_OF_TYPE` (record
-type), its template in ``data_gen/templates.py``; if it is evaluated, an
-:class:`InferenceTask` in :data:`INFERENCE_TASKS` and its formula in ``core/metrics.py``
-(:func:`core.metrics.sample_scores`). Adding a method: a :class:`Method` in :data:`METHODS`
-and its place in the table orders below.
+Adding an alignment task: :func:`register_task` (record type, forms, Table B2 row, and the
+:class:`InferenceTask` when it is evaluated), its templates, generator and metric formula
+where those concepts live (see :func:`register_task`). Adding a method: a :class:`Method`
+in :data:`METHODS` and its place in the table orders below.
 """
 
 from __future__ import annotations
@@ -82,11 +81,42 @@ INFERENCE_TASKS: dict[str, InferenceTask] = {
 }
 #: inference modes and the metric keys each one reports
 MODE_METRICS: dict[str, tuple[str, ...]] = {m: t.metrics for m, t in INFERENCE_TASKS.items()}
-MODES = tuple(INFERENCE_TASKS)
-LIST_MODES = tuple(m for m, t in INFERENCE_TASKS.items() if t.list_answer)
+#: lists, not tuples, so that :func:`register_task` extends them in place for every importer
+MODES: list[str] = list(INFERENCE_TASKS)
+LIST_MODES: list[str] = [m for m, t in INFERENCE_TASKS.items() if t.list_answer]
 #: probe order during training (binary before rank: the cheaper one first)
 PROBE_MODES = ("uid2next", "uidiid2binary", "uidiid2rank")
 assert set(PROBE_MODES) == {m for m, t in INFERENCE_TASKS.items() if t.probe}
+
+
+def register_task(record_type: str, forms: tuple[str, ...], task: str, inference: InferenceTask | None = None) -> None:
+    """Add an alignment task to the registry: its record type, the forms it is rendered in,
+    its Table B2 row and, when it is evaluated, its inference mode (named like the type).
+
+    The rest of a new task lives where its concept does: the generator in
+    ``data_gen.generate.SPLIT_GENERATORS`` (samples from the recommender's export rows of a
+    split), the templates in ``data_gen.templates.TEMPLATES`` and the metric formula in
+    ``core.metrics.SCORERS``. Training (``train.task_mix``), evaluation
+    (``src.infer_alignment --inference_mode``) and the tables follow from these entries;
+    ``tests/src/test_add_task.py`` adds a toy task this way and runs it from data_gen to
+    its metrics.
+    """
+    bad = [f for f in forms if f not in FORMS]
+    if not forms or bad:
+        raise ConfigError(f"register_task({record_type!r}): forms must be some of {FORMS}, got {forms}")
+    if record_type in TYPE_FORMS:
+        raise ConfigError(f"register_task: record type {record_type!r} exists already")
+    TYPE_FORMS[record_type] = tuple(forms)
+    TASK_OF_TYPE[record_type] = task
+    if inference is not None:
+        if inference.mode != record_type:
+            raise ConfigError(f"register_task: an inference mode reads its own record type; got mode "
+                              f"{inference.mode!r} for type {record_type!r}")
+        INFERENCE_TASKS[inference.mode] = inference
+        MODE_METRICS[inference.mode] = inference.metrics
+        MODES.append(inference.mode)
+        if inference.list_answer:
+            LIST_MODES.append(inference.mode)
 
 
 @dataclass(frozen=True)

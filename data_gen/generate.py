@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 from tqdm import tqdm
 
@@ -116,6 +116,40 @@ def cap(samples: list[_S], n: int, rng: random.Random) -> list[_S]:
         return samples
     keep = sorted(rng.sample(range(len(samples)), n))
     return [samples[k] for k in keep]
+
+
+# --------------------------------------------------------------------------- registered tasks
+
+
+@dataclass(frozen=True)
+class SplitContext:
+    """What the generator of a registered task gets for one source split."""
+
+    #: the recommender's export rows of the split (train: data_gen.train_cap_per_user per user)
+    rows: list[TopRow]
+    split: str
+    titles: Sequence[str]
+    seed: int
+    #: titles shown in a prompt: the last max_hist_len of a row's history (0 = all)
+    max_hist_len: int
+
+    def shown(self, row: TopRow) -> tuple[int, ...]:
+        return tuple(row.history[-self.max_hist_len:] if self.max_hist_len > 0 else row.history)
+
+    def rng(self, record_type: str, purpose: str) -> random.Random:
+        return derived_rng(self.seed, self.split, record_type, purpose)
+
+
+#: generators of tasks added with core.registry.register_task: record type -> the samples
+#: of one split (the built-in tasks below are generated together, as they share a pass over
+#: the rows). data_gen.pipeline runs each on the train split and the evaluation splits and
+#: caps it like the built-in ones (data_gen.max_train_per_task / max_eval_per_task).
+SPLIT_GENERATORS: dict[str, Callable[[SplitContext], list[Sample]]] = {}
+
+
+def registered_samples(ctx: SplitContext, per_task_cap: int) -> dict[str, list[Sample]]:
+    """The samples of every registered task for one split, capped."""
+    return {t: cap(gen(ctx), per_task_cap, ctx.rng(t, "cap")) for t, gen in SPLIT_GENERATORS.items()}
 
 
 # --------------------------------------------------------------------------- tasks 1-3, 6

@@ -45,8 +45,8 @@ from typing import Any
 
 from data_gen import templates as T
 from data_gen.generate import (
-    Renderer, Sample, derived_rng, explan_samples, iid2title_eval_samples,
-    item_samples, per_user_cap, summary_samples, user_samples,
+    Renderer, Sample, SplitContext, derived_rng, explan_samples, iid2title_eval_samples,
+    item_samples, per_user_cap, registered_samples, summary_samples, user_samples,
 )
 from data_gen.inputs import TopRow, load_canonical_data, load_item_sim, load_sharegpt, load_top
 from core.config import Config, ConfigError
@@ -212,6 +212,8 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any] | None:
     samples: dict[str, dict[str, list[Sample]]] = {}
     train_rows = per_user_cap(rows["train"], g.train_cap_per_user)
     samples["train"] = user_samples(train_rows, "train", titles, g.seed, g.max_hist_len, g.max_train_per_task)
+    samples["train"].update(registered_samples(SplitContext(train_rows, "train", titles, g.seed, g.max_hist_len),
+                                               g.max_train_per_task))
     samples["train"].update(item_samples(data.items, titles, item_sim, g.seed, g.num_sim, g.max_field_chars,
                                          g.max_train_per_task))
     # uid2summary: one per user, from the train part s[:-2] only (valid/test items never leak)
@@ -230,6 +232,8 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any] | None:
     for split in sorted(set(sources.values()) - {"train"}):
         samples[split] = user_samples(rows[split], split, titles, g.seed, g.max_hist_len, g.max_eval_per_task)
         samples[split]["iid2title"] = iid2title_eval_samples(titles, g.eval_iid2title_items, split, g.seed)
+        samples[split].update(registered_samples(SplitContext(rows[split], split, titles, g.seed, g.max_hist_len),
+                                                 g.max_eval_per_task))
 
     # ---------------------------------------------------------------- records per file
     files: dict[str, list[dict]] = {}
@@ -337,7 +341,7 @@ def build_stats(cfg: Config, files: dict[str, list[dict]], notes: list[str], row
 def stats_markdown(stats: dict[str, Any]) -> str:
     """Table B2's layout: one row per task, train/test counts per form (test = the `_valid` files)."""
     ev = stats["eval_split"]
-    tasks = ["Task 1", "Task 2", "Task 3", "Task 4", "Task 5", "Task 6", "Total"]
+    tasks = list(next(iter(stats["table_b2"].values())))  # the registry's tasks in order, then "Total"
     head = ["Task"]
     for f in ALIGN_FILES:
         head += [f"{f} # train", f"{f} # {ev}"]

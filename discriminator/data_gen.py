@@ -26,16 +26,15 @@ from their history and item.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import random
 import sys
 from typing import Any
 
-from core.config import Config, ConfigError, add_config_args, config_from_args
+from core.config import Config, ConfigError, config_stage_main
 from discriminator.files import data_dir
 from core.registry import explain_file, method_display
-from core.utils import StageError, iter_jsonl, read_json, run_stage, sha256_file, write_json, write_jsonl
+from core.utils import StageError, iter_jsonl, read_json, sha256_file, write_json, write_jsonl
 
 log = logging.getLogger("discriminator.data_gen")
 
@@ -202,14 +201,7 @@ def build(cfg: Config, force: bool = False) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_config_args(parser)
-    args = parser.parse_args(argv)
-
-    def body() -> None:
-        build(config_from_args(args), force=args.force)
-
-    return run_stage(body)
+    return config_stage_main(argv, __doc__, lambda cfg, args: build(cfg, force=args.force))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ models' (the paper's reading of Figure 4).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -22,9 +21,9 @@ import numpy as np
 
 from discriminator.files import data_dir, model_fingerprint, reusable
 from discriminator.finetune import fine_tune_predict
-from core.config import Config, add_config_args, config_from_args
+from core.config import Config, config_stage_main
 from core.metrics import classification_metrics
-from core.utils import StageError, read_json, read_jsonl, run_stage, write_json, write_jsonl, write_text
+from core.utils import StageError, read_json, read_jsonl, write_json, write_jsonl, write_text
 
 log = logging.getLogger("discriminator.run_cls")
 
@@ -108,14 +107,7 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_config_args(parser)
-    args = parser.parse_args(argv)
-
-    def body() -> None:
-        run(config_from_args(args), force=args.force)
-
-    return run_stage(body)
+    return config_stage_main(argv, __doc__, lambda cfg, args: run(cfg, force=args.force))
 
 
 if __name__ == "__main__":

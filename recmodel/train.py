@@ -41,7 +41,9 @@ from tqdm.auto import tqdm
 
 from recmodel.data import RecData, load_rec_data, padded_full, right_aligned, train_windows
 from recmodel.encoder import save_model_file
-from recmodel.models import ARCH_KEYS, TwoTower, build_model, mask_history_, next_item_loss, validate_recmodel_config
+from recmodel.models import (
+    ARCH_KEYS, TwoTower, build_model, mask_history_, next_item_loss, train_epoch, validate_recmodel_config,
+)
 from core.config import add_config_args, config_from_args
 from core.stamps import current, fingerprint, write_stamp
 from core.utils import StageError, atomic_open, read_json, resolve_device, run_stage, set_seed, write_json
@@ -251,23 +253,12 @@ def fit(
             log.info("stopping after epoch %d as asked (--max-epochs); re-run to continue", epoch)
             break
         t0 = time.perf_counter()
-        model.train()
         gen.manual_seed(cfg.seed * 100003 + epoch)  # epoch-keyed order: identical after a resume
-        perm = torch.randperm(n_windows, generator=gen)
-        total, count = 0.0, 0
-        batches = range(0, n_windows, rc.batch_size)
-        inner = tqdm(batches, desc=f"epoch {epoch + 1}", leave=False, disable=not progress)
-        for lo in inner:
-            idx = perm[lo:lo + rc.batch_size]
-            loss = next_item_loss(model, train_x[idx].to(device), train_y[idx].to(device), rc.loss, rc.num_negatives)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if rc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), rc.grad_clip)
-            optimizer.step()
-            total += loss.item() * idx.numel()
-            count += idx.numel()
-            inner.set_postfix(loss=f"{loss.item():.4f}")
+        mean_loss = train_epoch(
+            model, optimizer, torch.randperm(n_windows, generator=gen), rc.batch_size,
+            lambda idx: next_item_loss(model, train_x[idx].to(device), train_y[idx].to(device), rc.loss,
+                                       rc.num_negatives),
+            grad_clip=rc.grad_clip, desc=f"epoch {epoch + 1}", progress=progress)
         train_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         metrics = valid.evaluate(model, rc.eval_ks, device, mask_history=mask_hist)
@@ -275,7 +266,7 @@ def fit(
         score = metrics[key]
         state["epoch"] = epoch + 1
         state["seconds"] += train_s + eval_s
-        state["history"].append({"epoch": epoch + 1, "loss": total / max(count, 1), f"valid_{key}": score,
+        state["history"].append({"epoch": epoch + 1, "loss": mean_loss, f"valid_{key}": score,
                                  "train_s": round(train_s, 3), "eval_s": round(eval_s, 3)})
         if score >= state["best_score"]:
             # a tie keeps the later, longer-trained weights (matters once a metric saturates,
@@ -289,9 +280,9 @@ def fit(
             state["stopped_early"] = True
         elif scheduler is not None and epoch > 0:  # as UniRec: from the second epoch on
             scheduler.step(score)
-        bar.set_postfix(loss=f"{total / max(count, 1):.4f}", **{key: f"{score:.4f}"}, best=f"{state['best_score']:.4f}")
+        bar.set_postfix(loss=f"{mean_loss:.4f}", **{key: f"{score:.4f}"}, best=f"{state['best_score']:.4f}")
         log.info("epoch %d: loss %.4f  valid %s %.4f  hr@10 %.4f  (best %.4f @ %d)  %.1fs + %.1fs eval",
-                 epoch + 1, total / max(count, 1), key, score, metrics.get("hr@10", float("nan")),
+                 epoch + 1, mean_loss, key, score, metrics.get("hr@10", float("nan")),
                  state["best_score"], state["best_epoch"], train_s, eval_s)
         save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": _rng_state(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,

@@ -75,7 +75,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from core.config import Config, ConfigError, add_config_args, config_from_args
+from core.config import Config, add_config_args, config_from_args
 from core.registry import CASE_STUDY_METHODS, EXPLAN_FILES, method_display
 from core.utils import StageError, resolve_device, run_stage, set_seed, setup_logging
 

@@ -45,8 +45,6 @@ from core.utils import JsonlAppender, StageError, read_json, resolve_device, run
 log = logging.getLogger(__name__)
 
 TASK_TYPES = ALIGN_TASK_TYPES
-#: modes answered with a list of titles (longer outputs)
-LIST_MODES = ("uidiid2rank", "uid2hist")
 #: the "Yes"/"No" mode: scored, not generated
 BINARY_MODE = "uidiid2binary"
 #: how many API requests are sent between two writes of the rows file

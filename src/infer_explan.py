@@ -28,13 +28,12 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from core.config import Config, ConfigError, add_config_args, config_from_args
-from core.registry import EXPLAIN_TASK_TYPES, MODEL_STAMP, TRAIN_TYPES, explain_file, method_display
+from core.registry import EXPLAIN_TASK_TYPES, MODEL_STAMP, TRAIN_TYPES, explain_file
 from core.stamps import current, fingerprint, write_stamp
 from src.chat import add_aspect
 from core.utils import JsonlAppender, StageError, read_json, resolve_device, run_stage, set_seed

@@ -25,7 +25,7 @@ import torch
 from core.config import Config, ConfigError
 from src.data import subsample
 from core.metrics import MODE_METRICS, compute_metrics
-from core.registry import PROBE_MODES
+from core.registry import LIST_MODES, PROBE_MODES
 from core.utils import JsonlAppender
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def run_probe(model: Any, tokenizer: Any, cfg: Config, records: dict[str, list[d
                     rows = [{"answer": r["answer"], **p} for r, p in zip(recs, preds)]
                 else:
                     beams = cfg.eval.num_beams if mode == "uid2next" else 1
-                    max_new = cfg.eval.max_new_tokens if mode == "uid2next" else cfg.eval.max_new_tokens_list
+                    max_new = cfg.eval.max_new_tokens_list if mode in LIST_MODES else cfg.eval.max_new_tokens
                     gens = generate_texts(model, tokenizer, recs, cfg, max_new_tokens=max_new, num_beams=beams,
                                           num_return_sequences=beams, desc=f"probe {mode}")
                     rows = [{"answer": r["answer"], "generations": g} for r, g in zip(recs, gens)]

@@ -19,14 +19,13 @@ model's guesses into the aligned one.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import random
 import sys
 from typing import Any
 
-from core.config import Config, ConfigError, add_config_args, config_from_args
-from core.utils import StageError, read_json, resolve_device, run_stage, set_seed, write_json
+from core.config import Config, ConfigError, config_stage_main
+from core.utils import StageError, read_json, resolve_device, set_seed, write_json
 
 log = logging.getLogger("src.replay")
 
@@ -110,10 +109,7 @@ def build_replay(cfg: Config, force: bool = False, model_and_tokenizer: tuple[An
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_config_args(parser)
-    args = parser.parse_args(argv)
-    return run_stage(lambda: build_replay(config_from_args(args), force=args.force))
+    return config_stage_main(argv, __doc__, lambda cfg, args: build_replay(cfg, force=args.force))
 
 
 if __name__ == "__main__":

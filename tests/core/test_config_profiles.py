@@ -167,17 +167,15 @@ def test_base_errors_name_the_file(tmp_path: Path) -> None:
     _write(tmp_path / "b.yaml", "base: [ok.yaml, a.yaml]\n")  # ok.yaml twice is fine; a.yaml is a cycle
     with pytest.raises(ConfigError, match=r"a\.yaml: circular 'base:' chain \(.*a\.yaml -> .*b\.yaml -> .*a\.yaml\)"):
         load_config(tmp_path / "a.yaml")
-    p = _write(tmp_path / "missing.yaml", "base: [ok.yaml, gone.yaml]\n")
-    with pytest.raises(ConfigError, match=r"missing\.yaml: base config 'gone\.yaml' not found"):
-        load_config(p)
-    p = _write(tmp_path / "badtype.yaml", "base: 3\n")
-    with pytest.raises(ConfigError, match=r"badtype\.yaml: 'base' must be a file name or a list"):
-        load_config(p)
     # a typo in a base file is reported with the base file's name, not the child's
     _write(tmp_path / "typo.yaml", "train:\n  lerning_rate: 1\n")
-    p = _write(tmp_path / "child.yaml", "base: [ok.yaml, typo.yaml]\n")
-    with pytest.raises(ConfigError, match=r"typo\.yaml: unknown config key 'train\.lerning_rate'"):
-        load_config(p)
+    for name, text, message in (
+        ("missing.yaml", "base: [ok.yaml, gone.yaml]\n", r"missing\.yaml: base config 'gone\.yaml' not found"),
+        ("badtype.yaml", "base: 3\n", r"badtype\.yaml: 'base' must be a file name or a list"),
+        ("child.yaml", "base: [ok.yaml, typo.yaml]\n", r"typo\.yaml: unknown config key 'train\.lerning_rate'"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            load_config(_write(tmp_path / name, text))
 
 
 def test_set_overrides_are_recorded(tmp_path: Path) -> None:

