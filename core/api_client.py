@@ -12,13 +12,16 @@ that budget live in a single place that every stage shares:
   (``cfg.api.base_url`` or ``OPENAI_API_BASE``) is a keyless local server such as vLLM.
 * **Several endpoints at once**, used round-robin, so many keys spread the load; a retry goes
   to the next endpoint, so one rate-limited key does not stall the run.
-* **A concurrency limit** (``cfg.api.max_concurrency`` threads / in-flight requests) that
-  adapts to the server: the openai client's timeout runs from the moment a request is
-  sent, so against a server with fewer slots than requests in flight, time spent in its
-  queue would count as a timeout (and the answer be computed again, unseen). A timeout
-  while other requests were in flight halves the limit and re-sends the request without
-  charging it an attempt or the circuit breaker; once one request is in flight at a time,
-  a timeout is the server's own slowness and counts as usual (:class:`_Gate`).
+* **A concurrency limit** (``cfg.api.max_concurrency`` threads / in-flight requests), and a
+  timeout that leaves the server's queue out: an HTTP timeout runs from the moment a
+  request is sent, so against a server with fewer slots than requests in flight (llama.cpp
+  answers one at a time by default) the time a request waits there would count, it would
+  be given up and computed again, unseen. ``api.timeout_s`` is therefore the budget of one
+  request's own processing: with k requests allowed in flight, each may take k times that
+  (it may be queued behind the other k - 1, in any order). If one still times out with others in
+  flight, the limit is halved and the request re-sent without charging it an attempt or
+  the circuit breaker; at one in flight a timeout is the server's own slowness and counts
+  as usual (:class:`_Gate`).
 * **Retries with exponential backoff and jitter** on 429, 408/409, 5xx, timeouts and
   connection errors. The openai library's own retries are switched off (``max_retries=0``)
   so the number of attempts is ours and visible in :attr:`ChatClient.stats`.
@@ -408,7 +411,7 @@ class ChatClient:
                 )
                 self._trip_event.set()
 
-    def _queued_timeout(self, in_flight: int) -> None:
+    def _queued_timeout(self, in_flight: int, timeout: float) -> None:
         """A timeout with `in_flight` requests out: lower the concurrency below that (said
         once per change; another timed-out request of the same burst may have lowered it
         already). The caller re-sends without charging an attempt: each such re-send goes
@@ -417,10 +420,10 @@ class ChatClient:
         new = self._gate.lower(in_flight)
         if new is not None:
             log.warning(
-                "an API request timed out after %g s with %d request(s) in flight: the server seems to "
-                "answer fewer at once, and api.timeout_s counts the time queued there; lowering the "
-                "concurrency to %d for this run (set api.max_concurrency to the server's slots)",
-                float(self.api.timeout_s), in_flight, new)
+                "an API request timed out after %g s with %d request(s) in flight: the server answers "
+                "fewer at once than that, or slower than api.timeout_s each; lowering the concurrency "
+                "to %d for this run (set api.max_concurrency to the server's slots)",
+                timeout, in_flight, new)
 
     def _check_breaker(self) -> None:
         if self._tripped is not None:
@@ -438,14 +441,16 @@ class ChatClient:
             ep = self._next_endpoint()
             client = self._client_for(ep)
             retry_after: float | None = None
-            in_flight = 1
+            in_flight, timeout = 1, float(self.api.timeout_s)
             try:
                 in_flight = self._gate.enter()
+                timeout = float(self.api.timeout_s) * self._gate.limit
                 try:
                     self._check_breaker()
                     self._count("requests")
                     resp = client.chat.completions.create(
-                        model=model_override or ep.model, messages=messages, **params
+                        model=model_override or ep.model, messages=messages,
+                        timeout=timeout, **params
                     )
                 finally:
                     self._gate.leave()
@@ -472,7 +477,7 @@ class ChatClient:
             except openai.APITimeoutError as e:
                 last = f"{type(e).__name__} from {ep.name}: {self._redact(str(e))[:200]}"
                 if in_flight > 1:
-                    self._queued_timeout(in_flight)
+                    self._queued_timeout(in_flight, timeout)
                     self._count("retries")
                     continue  # the same attempt again, with fewer in flight
                 self._transient_failure(last)

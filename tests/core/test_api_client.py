@@ -205,28 +205,51 @@ def test_dead_endpoint_trips_the_circuit_breaker_in_seconds(tmp_path, caplog):
     assert "judge: 20 request(s) (batch stopped): 0 answered" in caplog.text
 
 
-def test_timeout_from_queueing_lowers_concurrency_instead_of_failing(tmp_path, caplog):
-    """A one-slot server (llama.cpp's default) and 6 requests in flight: the later ones time
-    out while queued there. Those timeouts lower the client's concurrency and are re-sent
-    without using up attempts, so every request is answered. (This server still computes
-    the requests the client gave up on, as some do, so a re-send may wait behind them and
-    time out once more at one in flight: retries are left for that.)"""
+def _one_slot_server(seconds: float):
+    """A responder that answers one request at a time (llama.cpp's default), `seconds` each."""
     slot = threading.Lock()
 
-    def one_at_a_time(body: dict, n: int):
+    def respond(body: dict, n: int):
         with slot:
-            time.sleep(0.25)
+            time.sleep(seconds)
+        return 200, "ok " + body["messages"][-1]["content"]
+
+    return respond
+
+
+def test_one_at_a_time_server_gets_no_duplicated_work(tmp_path, caplog):
+    """6 requests in flight against a one-slot server that takes 0.3 s each, api.timeout_s
+    0.5: the 6th waits 1.5 s there. The timeout counts one request's own processing, not the
+    queue, so nothing times out and the server computes each request exactly once."""
+    caplog.set_level(logging.INFO)
+    with FakeOpenAI(_one_slot_server(0.3)) as srv:
+        cfg = tiny_cfg(tmp_path, f"api.base_url={srv.base_url}", "api.model=m", "api.max_concurrency=6",
+                       "api.timeout_s=0.5", "api.max_retries=0")
+        client = ChatClient(cfg, environ={})
+        out = client.complete_many([_msgs(str(i)) for i in range(6)], desc="judge")
+        assert out == [f"ok {i}" for i in range(6)]
+        assert len(srv.requests) == 6 and client.stats["retries"] == 0 and client._gate.limit == 6
+    assert "judge: 6 request(s): 6 answered (0 from cache), 6 sent, 0 retried, 0 failed" in caplog.text
+
+
+def test_timeouts_with_others_in_flight_lower_the_concurrency(tmp_path, caplog):
+    """A server stalled on the first 3 requests (another client's long jobs, say), then fast:
+    the 3 sent together all time out. Those that had others in flight halve the concurrency
+    and are re-sent without using an attempt; the rest is retried as usual; all answered."""
+    def stalled_then_fast(body: dict, n: int):
+        if n < 3:
+            time.sleep(1.0)
         return 200, "ok " + body["messages"][-1]["content"]
 
     caplog.set_level(logging.INFO)
-    with FakeOpenAI(one_at_a_time) as srv:
-        cfg = tiny_cfg(tmp_path, f"api.base_url={srv.base_url}", "api.model=m", "api.max_concurrency=6",
-                       "api.timeout_s=0.6", "api.max_retries=4", "api.max_consecutive_failures=0")
+    with FakeOpenAI(stalled_then_fast) as srv:
+        cfg = tiny_cfg(tmp_path, f"api.base_url={srv.base_url}", "api.model=m", "api.max_concurrency=3",
+                       "api.timeout_s=0.1", "api.max_retries=1", "api.max_consecutive_failures=0")
         client = ChatClient(cfg, environ={})
-        out = client.complete_many([_msgs(str(i)) for i in range(6)], desc="judge")
-    assert out == [f"ok {i}" for i in range(6)]
-    assert client.stats["failures"] == 0 and client._gate.limit < 6
-    assert "request(s) in flight: the server seems to answer fewer at once" in caplog.text
+        out = client.complete_many([_msgs(str(i)) for i in range(3)], desc="judge")
+    assert out == [f"ok {i}" for i in range(3)]
+    assert client.stats["failures"] == 0 and client._gate.limit < 3
+    assert "request(s) in flight: the server answers fewer at once than that" in caplog.text
     assert "set api.max_concurrency to the server's slots" in caplog.text
 
 
