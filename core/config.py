@@ -778,6 +778,7 @@ def load_config(
             first = str(e).strip().splitlines()[0]
             raise ConfigError(f"override '{ov}': the value {raw!r} is not valid YAML ({first}); "
                               "quote a string (--set 'key=\"text\"') or write a list as [a, b]") from None
+        _check_override_key(key, ov)
         _set_dotted(data, key, value)
         # the leaf it lands in: a key inside a mapping setting (dataset.files.inter) marks
         # the whole setting; a whole section (recmodel.kd={...}) marks each key it gives
@@ -826,6 +827,20 @@ def _merge(
             if prov is not None:
                 _replace_prov(prov, name, top_prov or {})
     return out
+
+
+def _check_override_key(key: str, ov: str) -> None:
+    """An unknown key in ``--set`` is named as the override's, not the config file's."""
+    cls: Any = Config
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if not (dataclasses.is_dataclass(cls) and isinstance(cls, type)):
+            return  # inside a mapping setting (dataset.files.inter): any key
+        names = {f.name for f in dataclasses.fields(cls) if f.init}
+        if part not in names:
+            raise ConfigError(f"--set {ov}: unknown config key '{'.'.join(parts[:i + 1])}' "
+                              f"(known keys here: {', '.join(sorted(names))})")
+        cls = typing.get_type_hints(cls)[part]
 
 
 def _check_keys(data: dict, cls: type, where: str, src: str) -> None:

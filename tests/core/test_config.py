@@ -47,6 +47,14 @@ def test_ml100k_and_tiny_keep_everything() -> None:
     assert load_config("configs/ml100k.yaml").dataset.fetch == "recbole"
 
 
+def test_misspelled_override_key_is_named_as_the_override() -> None:
+    with pytest.raises(ConfigError, match=r"^--set train\.lrr=0\.1: unknown config key 'train\.lrr' \(known keys here: .*\blr\b"):
+        load_config("configs/tiny.yaml", ["train.lrr=0.1"])
+    with pytest.raises(ConfigError, match=r"^--set recmodel\.kd\.epoch=2: unknown config key 'recmodel\.kd\.epoch'"):
+        load_config("configs/tiny.yaml", ["recmodel.kd.epoch=2"])
+    assert load_config("configs/tiny.yaml", ["dataset.files.inter=x.inter"]).dataset.files["inter"] == "x.inter"
+
+
 def test_misspelled_key_names_key_and_file(tmp_path: Path) -> None:
     p = _write(tmp_path / "bad.yaml", "dataset:\n  name: x\n  kcroe: 5\n")
     with pytest.raises(ConfigError) as ei:
