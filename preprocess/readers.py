@@ -119,7 +119,20 @@ def iter_lines(path: Path, encoding: str = "utf-8", whole_lines: bool = False) -
             "delete it and fetch it again (python -m preprocess.fetch)"
         ) from None
     except UnicodeDecodeError as e:
-        raise StageError(f"{path}:{lineno + 1}: not valid {encoding} text ({e.reason})") from None
+        # text mode decodes ahead in chunks, so the error may come before the lines around it
+        # are yielded: find the line in the bytes
+        bad = _first_undecodable_line(path, encoding, gz) or lineno + 1
+        raise StageError(f"{path}:{bad}: not valid {encoding} text ({e.reason})") from None
+
+
+def _first_undecodable_line(path: Path, encoding: str, gz: bool) -> int | None:
+    with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                raw.decode(encoding)
+            except UnicodeDecodeError:
+                return lineno
+    return None
 
 
 def parse_record(line: str, path: Path, lineno: int) -> dict[str, Any]:

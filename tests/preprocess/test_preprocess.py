@@ -180,6 +180,18 @@ def test_ratings_file_cut_mid_line_is_an_error(tmp_path: Path) -> None:
     assert _data_files(cfg) == []
 
 
+def test_bad_utf8_byte_names_its_line(tmp_path: Path) -> None:
+    # a small file is decoded in one chunk before its first line is yielded: the line must
+    # still be the one with the byte, not line 1
+    ov = write_atomic(tmp_path / "raw" / "ml")
+    path = tmp_path / "raw" / "ml" / "ml.item"
+    lines = path.read_bytes().split(b"\n")
+    lines[5] += b"\xff"
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(StageError, match=r"ml\.item:6: not valid utf-8 text"):
+        preprocess(make_cfg(tmp_path, *ov))
+
+
 def test_missing_raw_file_says_how_to_fetch(tmp_path: Path) -> None:
     cfg = make_cfg(tmp_path, "dataset.fetch=none", "dataset.raw_subdir=nothing")
     with pytest.raises(StageError, match="missing raw file: .*tiny.inter.*download_data.sh"):
