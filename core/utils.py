@@ -147,29 +147,36 @@ def read_json(path: str | Path, what: str = "") -> Any:
         raise StageError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
 
 
+def utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a UTF-8 file; a bad byte is a StageError naming its line.
+
+    Bytes, decoded line by line: a text-mode file decodes in chunks, so a bad byte would
+    surface as a bare UnicodeDecodeError with no (or the wrong) line number.
+    """
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise StageError(f"{path}:{lineno}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte "
+                                 f"{e.start + 1} of the line); re-save the file as UTF-8") from None
+
+
 def iter_jsonl(path: str | Path, what: str = "") -> Iterator[dict]:
     """Yield JSON objects from a .jsonl file; a malformed line is a StageError naming it."""
     path = Path(path)
     if not path.is_file():
         raise StageError(f"missing {what or 'file'}: {path}" + _hint(path))
-    # bytes, decoded line by line: a text-mode file decodes in chunks, so a bad byte would
-    # surface as a bare UnicodeDecodeError with no (or the wrong) line number
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise StageError(f"{path}:{lineno}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte "
-                                 f"{e.start + 1} of the line); re-save the file as UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise StageError(f"{path}:{lineno}: malformed JSON line ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise StageError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield obj
+    for lineno, line in utf8_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise StageError(f"{path}:{lineno}: malformed JSON line ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise StageError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        yield obj
 
 
 def read_jsonl(path: str | Path, what: str = "") -> list[dict]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from core.config import Config
-from core.utils import StageError, read_json
+from core.utils import StageError, read_json, utf8_lines
 
 SEQUENCES = "sequences.txt"
 ITEMS = "items.jsonl"
@@ -165,24 +165,23 @@ def _read_sequences(path: Path, n_items: int) -> dict[int, list[int]]:
     if not path.is_file():
         raise StageError(f"missing canonical sequences: {path} (written by python -m preprocess; run that stage first)")
     sequences: dict[int, list[int]] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            try:
-                ids = [int(p) for p in parts]
-            except ValueError:
-                raise StageError(f"{path}:{lineno}: expected integers 'uid iid iid ...', got {line.strip()[:80]!r}") from None
-            uid, seq = ids[0], ids[1:]
-            if uid in sequences:
-                raise StageError(f"{path}:{lineno}: user {uid} listed twice")
-            if len(seq) < 3:
-                raise StageError(f"{path}:{lineno}: user {uid} has {len(seq)} items; leave-one-out needs >= 3")
-            bad = [i for i in seq if not 1 <= i <= n_items]
-            if bad:
-                raise StageError(f"{path}:{lineno}: unknown item id {bad[0]} (items.jsonl has 1..{n_items})")
-            sequences[uid] = seq
+    for lineno, line in utf8_lines(path):
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            ids = [int(p) for p in parts]
+        except ValueError:
+            raise StageError(f"{path}:{lineno}: expected integers 'uid iid iid ...', got {line.strip()[:80]!r}") from None
+        uid, seq = ids[0], ids[1:]
+        if uid in sequences:
+            raise StageError(f"{path}:{lineno}: user {uid} listed twice")
+        if len(seq) < 3:
+            raise StageError(f"{path}:{lineno}: user {uid} has {len(seq)} items; leave-one-out needs >= 3")
+        bad = [i for i in seq if not 1 <= i <= n_items]
+        if bad:
+            raise StageError(f"{path}:{lineno}: unknown item id {bad[0]} (items.jsonl has 1..{n_items})")
+        sequences[uid] = seq
     if not sequences:
         raise StageError(f"{path}: no users")
     expected = set(range(1, len(sequences) + 1))
@@ -196,20 +195,19 @@ def _read_items(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise StageError(f"missing canonical items: {path} (written by python -m preprocess; run that stage first)")
     items: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                raise StageError(f"{path}:{lineno}: empty line (line k must hold item k)")
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise StageError(f"{path}:{lineno}: malformed JSON line ({e.msg})") from None
-            if not isinstance(obj, dict) or obj.get("iid") != lineno:
-                got = obj.get("iid") if isinstance(obj, dict) else type(obj).__name__
-                raise StageError(f"{path}:{lineno}: expected item {{\"iid\": {lineno}, ...}}, got iid {got!r}")
-            if not isinstance(obj.get("title"), str) or not obj["title"]:
-                raise StageError(f"{path}:{lineno}: item {lineno} has no title")
-            items.append(obj)
+    for lineno, line in utf8_lines(path):
+        if not line.strip():
+            raise StageError(f"{path}:{lineno}: empty line (line k must hold item k)")
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise StageError(f"{path}:{lineno}: malformed JSON line ({e.msg})") from None
+        if not isinstance(obj, dict) or obj.get("iid") != lineno:
+            got = obj.get("iid") if isinstance(obj, dict) else type(obj).__name__
+            raise StageError(f"{path}:{lineno}: expected item {{\"iid\": {lineno}, ...}}, got iid {got!r}")
+        if not isinstance(obj.get("title"), str) or not obj["title"]:
+            raise StageError(f"{path}:{lineno}: item {lineno} has no title")
+        items.append(obj)
     if not items:
         raise StageError(f"{path}: no items")
     return items

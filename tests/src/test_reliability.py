@@ -245,6 +245,20 @@ def test_non_utf8_jsonl_names_file_and_line(tmp_path):
     assert read_jsonl(p) == [{"a": 1}, {"b": 2}]
 
 
+def test_non_utf8_canonical_files_name_their_line(tmp_path):
+    """The canonical dataset's own strict readers (items.jsonl, sequences.txt) too."""
+    from preprocess.dataset import _read_items, _read_sequences
+
+    p = tmp_path / "items.jsonl"
+    p.write_bytes(b'{"iid": 1, "title": "a"}\n{"iid": 2, "ti\xfftle": "b"}\n')
+    with pytest.raises(StageError, match=r"items\.jsonl:2: not valid UTF-8 \(byte 0xff"):
+        _read_items(p)
+    s = tmp_path / "sequences.txt"
+    s.write_bytes(b"1 1 2 1\n2 2\xe9 1 2\n")
+    with pytest.raises(StageError, match=r"sequences\.txt:2: not valid UTF-8 \(byte 0xe9"):
+        _read_sequences(s, 2)
+
+
 def test_appender_drops_a_torn_last_row_but_never_cuts_good_rows(tmp_path):
     """Resumable row files (JsonlAppender): a kill tears at most the last row, which is
     dropped; a bad row in the middle (an edited or appended file) is an error naming it, and
