@@ -121,7 +121,10 @@ def test_cpu_profiles_keep_their_budget() -> None:
     prov: dict[str, str] = {}
     load_config(CONFIGS / "ml100k.yaml", provenance=prov)
     assert Path(prov["train.max_train_samples"]).name == "cpu.yaml"
-    assert Path(prov["llm.lora.r"]).name == "paper.yaml"
+    # the original code's LoRA (r 16 on q/k/v/o) in the CPU overlay only; the paper's r 8 on q/v stays
+    assert Path(prov["llm.lora.r"]).name == "cpu.yaml" and Path(prov["llm.lora.target_modules"]).name == "cpu.yaml"
+    assert (ml.llm.lora.r, ml.llm.lora.target_modules) == (16, ["q_proj", "k_proj", "v_proj", "o_proj"])
+    assert Path(prov["llm.lora.alpha"]).name == "cpu.yaml" and Path(prov["llm.lora.dropout"]).name == "paper.yaml"
     assert Path(prov["dataset.name"]).name == "ml100k.yaml"
     tiny = load_config(CONFIGS / "tiny.yaml")
     assert tiny.llm.base_model == "tiny" and tiny.discriminator.encoder == "models/all-minilm-l6-v2"
