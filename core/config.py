@@ -292,8 +292,12 @@ class EvalConfig:
     max_samples_per_mode: dict[str, int] = field(default_factory=dict)
     #: in-context examples for the ICL baseline
     icl_examples: int = 2
-    #: also report title-constrained decoding for uid2next
+    #: also report constrained decoding (its own "(title-constrained)" row of Table 1) for
+    #: the modes of constrained_modes
     constrained: bool = True
+    #: uid2next: beams restricted to catalogue titles; uidiid2rank: the answer restricted to
+    #: an order of the record's own candidates (so ranking is scored apart from spelling)
+    constrained_modes: list[str] = field(default_factory=lambda: ["uid2next", "uidiid2rank"])
     #: titles an API model (gpt4 / GPT4-ICL) is asked for on uid2next, scored as a ranked
     #: list for HR@5 / NDCG@5 (paper 3.1.1: K = 5; 1 = one guess, no extra instruction)
     api_uid2next_k: int = 5

@@ -15,6 +15,10 @@ API summary:
   the assistant cue, and the decision (no generation).
 * ``TitleTrie`` / ``build_title_trie(tokenizer, titles, cfg)``: a prefix trie over the
   tokenised item titles; pass it as ``trie=`` and every beam is a real title.
+  ``build_ranking_trie(tokenizer, candidate_titles, cfg)``: a trie over every order of one
+  record's candidates written as a task-2 answer; pass ``trie=`` a function record -> trie
+  and each record is decoded under its own (every answer is then a ranking of its
+  candidates).
 * ``build_icl_prompt(tokenizer, examples, question, cfg)``: the question preceded by
   solved examples as earlier chat turns (in-context-learning baselines). Records carrying
   an ``"icl"`` list of ``{"question", "answer"}`` are rendered that way automatically.
@@ -152,24 +156,57 @@ def build_title_trie(tokenizer: Any, titles: Iterable[str], cfg: Config) -> Titl
     return trie
 
 
+#: most candidates a ranking trie enumerates the orders of (7! = 5,040 answers per record)
+MAX_RANKING_CANDIDATES = 7
+
+
+def build_ranking_trie(tokenizer: Any, titles: Sequence[str], cfg: Config) -> TitleTrie:
+    """A trie over every order of one record's candidate titles, each written as the
+    task-2 answer is (titles joined by ``"; "``, answer ids + end id).
+
+    WHY whole orders, not a title trie plus a used-set: a title after the separator is
+    tokenised with its leading space merged in, unlike the first one, so only encoding each
+    complete answer gives the exact ids the model was trained to emit (5 candidates: 120
+    answers). Decoding under it can only rank the candidates, so a misspelt title no
+    longer hides the order the model prefers.
+    """
+    from itertools import permutations
+
+    from data_gen.templates import join_titles
+
+    unique = list(dict.fromkeys(t for t in titles if t))
+    if not unique:
+        raise StageError("candidate-constrained ranking needs at least one candidate title")
+    if len(unique) > MAX_RANKING_CANDIDATES:
+        raise StageError(f"candidate-constrained ranking enumerates every order of the candidates: {len(unique)} "
+                         f"candidates are more than {MAX_RANKING_CANDIDATES}; drop uidiid2rank from "
+                         "eval.constrained_modes")
+    trie = TitleTrie()
+    for order in permutations(unique):
+        trie.add(encode_answer(tokenizer, _ANY_QUESTION, join_titles(order), cfg))
+    return trie
+
+
 class TrieConstraint:
     """``prefix_allowed_tokens_fn`` for HF generate: only continuations along the trie.
 
-    The prompt length is taken from the first call (HF calls it before the first new
-    token), so the function works whether or not the sequences passed in hold the prompt.
-    A sequence that somehow left the trie may only end (`fallback`). Build one per
-    generate() call.
+    `trie` is one trie for every row, or one per row of the batch (HF passes the row's
+    index as `batch_id`, the same for all its beams). The prompt length is taken from the
+    first call (HF calls it before the first new token), so the function works whether or
+    not the sequences passed in hold the prompt. A sequence that somehow left the trie may
+    only end (`fallback`). Build one per generate() call.
     """
 
-    def __init__(self, trie: TitleTrie, fallback: Sequence[int]) -> None:
-        self.trie = trie
+    def __init__(self, trie: TitleTrie | Sequence[TitleTrie], fallback: Sequence[int]) -> None:
+        self.tries = trie
         self.fallback = list(fallback)
         self.start: int | None = None
 
     def __call__(self, batch_id: int, sent: torch.Tensor) -> list[int]:
         if self.start is None:
             self.start = int(sent.shape[-1])
-        allowed = self.trie.next_tokens(sent[self.start :].tolist())
+        trie = self.tries if isinstance(self.tries, TitleTrie) else self.tries[batch_id]
+        allowed = trie.next_tokens(sent[self.start :].tolist())
         return allowed or self.fallback
 
 
@@ -278,7 +315,7 @@ def generate_texts(
     num_beams: int = 1,
     num_return_sequences: int = 1,
     batch_size: int | None = None,
-    trie: TitleTrie | None = None,
+    trie: TitleTrie | Callable[[dict], TitleTrie] | None = None,
     on_batch: Callable[[list[dict], list[list[str]]], None] | None = None,
     desc: str = "generate",
     **gen_kwargs: Any,
@@ -286,7 +323,8 @@ def generate_texts(
     """Decoded answers (``num_return_sequences`` per record, best first), in record order.
 
     Deterministic: greedy (num_beams=1) or beam search; no sampling. `gen_kwargs` go to HF
-    generate (e.g. ``length_penalty``).
+    generate (e.g. ``length_penalty``). `trie` constrains every answer to one trie, or (a
+    function of the record) each record's answer to its own.
     """
     from transformers import GenerationConfig
 
@@ -313,7 +351,8 @@ def generate_texts(
         batch = collate(tokenizer, recs, cfg, max_prompt)
         kwargs = dict(gen_kwargs)
         if trie is not None:
-            kwargs["prefix_allowed_tokens_fn"] = TrieConstraint(trie, stops)
+            tries = trie if isinstance(trie, TitleTrie) else [trie(r) for r in recs]
+            kwargs["prefix_allowed_tokens_fn"] = TrieConstraint(tries, stops)
         out = _run_generate(model, batch, generation_config=gc, suppress_tokens=suppress, **kwargs)
         texts = [_decode(tokenizer, seq, stops) for seq in out[:, batch["input_ids"].shape[1] :].tolist()]
         return [texts[j * num_return_sequences : (j + 1) * num_return_sequences] for j in range(len(recs))]

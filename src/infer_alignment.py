@@ -11,9 +11,11 @@ whose ``type`` is the inference mode, and writes under ``eval/<method>/``:
 
 * ``<mode>.jsonl``: one row per sample (question, generations or Yes/No log-probs,
   target), appended as each batch completes, so a killed run resumes where it stopped;
-* ``<mode>.metrics.json``: the Table 1 numbers (core.metrics), plus, for uid2next with
-  title-constrained decoding, a separate ``"constrained"`` block (its rows in
-  ``uid2next.constrained.jsonl``) -- never replacing the free-decoding figures.
+* ``<mode>.metrics.json``: the Table 1 numbers (core.metrics), plus, for the modes of
+  ``eval.constrained_modes`` with ``eval.constrained``, a separate ``"constrained"`` block
+  (its rows in ``<mode>.constrained.jsonl``) -- never replacing the free-decoding figures:
+  uid2next beams restricted to catalogue titles, uidiid2rank answers restricted to an order
+  of the record's own candidates.
 
 Methods: ``none`` (base LLM), ``none_icl`` (base LLM with two seeded training examples of
 the same task as earlier chat turns), ``gpt4_icl`` (same prompts through the project's
@@ -140,6 +142,41 @@ def item_titles(cfg: Config) -> list[str]:
     from preprocess.dataset import load_canonical
 
     return [t for t in load_canonical(cfg).titles[1:] if t]
+
+
+#: modes with a constrained decoding (eval.constrained_modes)
+CONSTRAINABLE_MODES = ("uid2next", "uidiid2rank")
+
+
+def constraint_for(cfg: Config, tokenizer: Any, mode: str) -> Any:
+    """The ``trie=`` of generate_texts for a constrained run of `mode`.
+
+    uid2next: one trie over every catalogue title. uidiid2rank: per record, a trie over the
+    orders of its own candidates (the items its prompt lists, by id), so that the answer is
+    a ranking of them whatever the model can spell.
+    """
+    from src.generation import build_ranking_trie, build_title_trie
+
+    if mode == "uid2next":
+        trie = build_title_trie(tokenizer, item_titles(cfg), cfg)
+        log.info("title-constrained decoding over %d titles", len(trie))
+        return trie
+    from preprocess.dataset import load_canonical
+
+    titles = load_canonical(cfg).titles
+
+    def per_record(rec: dict) -> Any:
+        cands = rec.get("candidates") or []
+        if not cands:
+            raise StageError(f"record {rec.get('id')}: no 'candidates' to constrain the ranking to")
+        bad = [i for i in cands if not isinstance(i, int) or not 0 < i < len(titles)]
+        if bad:
+            raise StageError(f"record {rec.get('id')}: candidate {bad[0]!r} is not an item id of the dataset "
+                             f"(1..{len(titles) - 1})")
+        return build_ranking_trie(tokenizer, [titles[i] for i in cands], cfg)
+
+    log.info("candidate-constrained ranking: each answer is an order of the record's candidates")
+    return per_record
 
 
 # --------------------------------------------------------------------------- rows
@@ -317,7 +354,11 @@ def evaluate(
         raise ConfigError(f"--split must be valid or test, got {split!r}")
     use_api = task_type == "gpt4"
     constrained = cfg.eval.constrained if constrained is None else constrained
-    constrained = constrained and mode == "uid2next" and not use_api
+    bad = [m for m in cfg.eval.constrained_modes if m not in CONSTRAINABLE_MODES]
+    if bad:
+        raise ConfigError(f"eval.constrained_modes: {bad[0]!r} cannot be decoded under a constraint "
+                          f"(constrainable: {', '.join(CONSTRAINABLE_MODES)})")
+    constrained = constrained and mode in cfg.eval.constrained_modes and not use_api
     method = method or method_name(task_type, icl)
     paths = eval_paths(cfg, method, mode, split)
 
@@ -378,11 +419,8 @@ def evaluate(
         rows = run_local(cfg, model, tokenizer, records, mode, paths["rows"])
         crows = None
         if constrained:
-            from src.generation import build_title_trie
-
-            trie = build_title_trie(tokenizer, item_titles(cfg), cfg)
-            log.info("title-constrained decoding over %d titles", len(trie))
-            crows = run_local(cfg, model, tokenizer, records, mode, paths["constrained_rows"], trie=trie)
+            crows = run_local(cfg, model, tokenizer, records, mode, paths["constrained_rows"],
+                              trie=constraint_for(cfg, tokenizer, mode))
 
     metrics: dict[str, Any] = {
         "method": method, "task_type": task_type, "inference_mode": mode, "split": split, "icl": icl,
@@ -416,7 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inference_mode", required=True, choices=MODES)
     p.add_argument("--icl", action="store_true", help="prepend eval.icl_examples seeded training examples")
     p.add_argument("--constrained", action=argparse.BooleanOptionalAction, default=None,
-                   help="also run title-constrained decoding for uid2next (default: eval.constrained)")
+                   help="also run constrained decoding for the modes of eval.constrained_modes "
+                        "(default: eval.constrained)")
     p.add_argument("--split", choices=["valid", "test"], default="valid")
     return p
 

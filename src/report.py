@@ -11,7 +11,8 @@ Task1 H@5, N@5 / Task2 N@5 / Task3 ACC / Task6 HCR. A cell is
 * ``-`` where the run is missing; the commands that would produce the missing cells are
   listed under the table, so a reader knows exactly what to run.
 
-Title-constrained decoding (task 1) is shown on its own "(title-constrained)" row right
+Constrained decoding (task 1: catalogue titles; task 2: orders of the record's own
+candidates; ``eval.constrained_modes``) is shown on its own "(title-constrained)" row right
 below its method, never in place of the free-decoding figures.
 
 The table writer (:func:`core.tables.render_table` / :func:`core.tables.write_table`) is

@@ -78,9 +78,11 @@ def test_base_inheritance(tmp_path: Path) -> None:
     assert cfg.seed == 1 and cfg.dataset.kcore == 7 and cfg.recmodel.hidden_size == 32  # inherited
     assert cfg.dataset.name == "c" and cfg.recmodel.epochs == 3  # overridden / added
     assert cfg.root.name == "c" and cfg.source_file == str(child)
-    # the real chain: tiny.yaml = paper.yaml's LoRA, cpu.yaml's dtype, its own dataset name
-    tiny = load_config("configs/tiny.yaml")
-    assert tiny.llm.lora.r == load_config("configs/paper.yaml").llm.lora.r and tiny.dataset.name == "tiny"
+    # the real chain: tiny.yaml = paper.yaml's LoRA dropout and modules, cpu.yaml's rank and
+    # targets, cpu.yaml's dtype, its own dataset name
+    tiny, paper = load_config("configs/tiny.yaml"), load_config("configs/paper.yaml")
+    assert tiny.llm.lora.r == load_config("configs/cpu.yaml").llm.lora.r != paper.llm.lora.r
+    assert tiny.llm.lora.dropout == paper.llm.lora.dropout and tiny.dataset.name == "tiny"
     # tiny pins float32 over cpu.yaml's measured choice (SmolLM2's)
     assert tiny.llm.torch_dtype == "float32" and load_config("configs/cpu.yaml").llm.torch_dtype == "auto"
 

@@ -34,6 +34,27 @@ def test_uid2next_writes_rows_and_metrics_with_constrained_beside(tmp_path, load
     assert compute_metrics("uid2next", crows)["hr@5"] == pytest.approx(on_disk["constrained"]["hr@5"])
 
 
+def test_uidiid2rank_constrained_block_ranks_the_candidates_and_modes_are_checked(tmp_path, loaded):
+    from core.config import ConfigError
+    from core.metrics import split_titles
+
+    cfg = setup_eval_root(tmp_path, "eval.constrained_modes=[uidiid2rank]", "eval.max_new_tokens_list=120")
+    free = evaluate(cfg, "intention", "uid2next", loaded=loaded)
+    assert "constrained" not in free  # uid2next left out of eval.constrained_modes
+    m = evaluate(cfg, "intention", "uidiid2rank", loaded=loaded)
+    paths = output_paths(cfg, "intention", "uidiid2rank", "valid")
+    crows = {r["id"]: r for r in read_jsonl(paths["constrained_rows"])}
+    recs = {r["id"]: r for r in load_eval_records(cfg, "intention", "uidiid2rank", "valid")}
+    assert len(crows) == m["constrained"]["n"] == len(recs)
+    for rid, row in crows.items():  # every constrained answer is an order of that record's candidates
+        assert sorted(split_titles(row["generations"][0])) == sorted(TITLES[i - 1] for i in recs[rid]["candidates"])
+    # the untrained model's free answers are not rankings of the candidates: the constraint did the work
+    assert m["constrained"]["ndcg@5"] > m["ndcg@5"]
+    bad = setup_eval_root(tmp_path / "bad", "eval.constrained_modes=[uidiid2binary]")
+    with pytest.raises(ConfigError, match="eval.constrained_modes: 'uidiid2binary'"):
+        evaluate(bad, "intention", "uidiid2binary", loaded=loaded)
+
+
 def test_resume_after_interruption_gives_the_same_metrics(tmp_path, loaded, monkeypatch):
     ref_cfg = setup_eval_root(tmp_path / "ref")
     ref = evaluate(ref_cfg, "intention", "uidiid2rank", loaded=loaded)

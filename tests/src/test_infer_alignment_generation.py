@@ -10,6 +10,7 @@ from src.chat import build_prompt, encode_answer
 from src.generation import (
     TitleTrie,
     build_icl_prompt,
+    build_ranking_trie,
     build_title_trie,
     collate,
     generate_texts,
@@ -17,6 +18,7 @@ from src.generation import (
     suppressed_token_ids,
     yes_no_token_ids,
 )
+from core.utils import StageError
 from tests.fixtures_eval import TITLES, load_tiny_explainer, make_records, read_sequences, setup_eval_root
 
 
@@ -60,6 +62,32 @@ def test_constrained_decoding_only_emits_real_titles(env):
     assert all(len(set(c)) == 3 for c in cons)  # distinct beams = distinct titles
     # the untrained model does not produce titles on its own: the constraint did the work
     assert not all(t in TITLES for c in free for t in c)
+
+
+def test_ranking_trie_holds_every_order_of_the_candidates_as_trained_answers(env):
+    from itertools import permutations
+
+    from data_gen.templates import join_titles
+
+    cands = TITLES[:3]
+    trie = build_ranking_trie(env.tok, cands + [cands[0]], env.cfg)  # a repeated title counts once
+    assert len(trie) == 6
+    for order in permutations(cands):
+        assert trie.contains(encode_answer(env.tok, "q", join_titles(order), env.cfg))
+    assert not trie.contains(encode_answer(env.tok, "q", join_titles(cands[:2]), env.cfg))  # one left out
+    with pytest.raises(StageError, match="more than 7"):
+        build_ranking_trie(env.tok, TITLES[:8], env.cfg)
+
+
+def test_candidate_constrained_ranking_answers_an_order_of_each_records_own_candidates(env):
+    from core.metrics import split_titles
+
+    recs = [r for r in env.text + env.emb if r["type"] == "uidiid2rank"]
+    tries = {r["id"]: build_ranking_trie(env.tok, [TITLES[i - 1] for i in r["candidates"]], env.cfg) for r in recs}
+    cons = generate_texts(env.model, env.tok, recs, env.cfg, max_new_tokens=80, batch_size=3,
+                          trie=lambda rec: tries[rec["id"]])
+    for r, (answer,) in zip(recs, cons):
+        assert sorted(split_titles(answer)) == sorted(TITLES[i - 1] for i in r["candidates"])
 
 
 def test_batched_generation_equals_one_at_a_time(env):
