@@ -106,8 +106,9 @@ def test_cap_added_to_cpu_overlay_cannot_reach_a_paper_profile(tmp_path: Path) -
 def test_cpu_profiles_keep_their_budget() -> None:
     ml = load_config(CONFIGS / "ml100k.yaml")
     assert (ml.train.max_train_samples, ml.train.max_eval_samples, ml.train.epochs) == (2800, 16, 1)
-    # Table 1 cells rest on >= 100 task-1 and >= 200 task-2/3 records (issue 12)
-    assert ml.eval.max_samples == 200 and ml.eval.max_samples_per_mode == {"uid2next": 100, "uid2hist": 50}
+    # Table 1 cells rest on >= 100 task-1 and >= 200 task-2/3 records (issue 12); task 3 on all 500
+    assert ml.eval.max_samples == 200
+    assert ml.eval.max_samples_per_mode == {"uid2next": 100, "uid2hist": 50, "uidiid2binary": 500}
     assert ml.explain.max_samples == 40 and ml.data_gen.max_train_per_task == 2000
     assert (ml.llm.base_model, ml.llm.torch_dtype, ml.train.deepspeed) == ("models/smollm2-135m-instruct", "auto", "")
     # the paper's LoRA (q/v + embed/head, from paper.yaml) at the CPU's learning rate
