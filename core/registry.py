@@ -87,6 +87,9 @@ LIST_MODES: list[str] = [m for m, t in INFERENCE_TASKS.items() if t.list_answer]
 #: probe order during training (binary before rank: the cheaper one first)
 PROBE_MODES = ("uid2next", "uidiid2binary", "uidiid2rank")
 assert set(PROBE_MODES) == {m for m, t in INFERENCE_TASKS.items() if t.probe}
+#: modes with a constrained decoding (eval.constrained_modes; src.infer_alignment.constraint_for):
+#: uid2next to catalogue titles, uidiid2rank to orders of the record's own candidates
+CONSTRAINABLE_MODES = ("uid2next", "uidiid2rank")
 
 
 def register_task(record_type: str, forms: tuple[str, ...], task: str, inference: InferenceTask | None = None) -> None:

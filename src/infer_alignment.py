@@ -40,7 +40,7 @@ from typing import Any
 
 from core.config import Config, ConfigError, add_config_args, config_from_args
 from core.metrics import compute_metrics, parse_ranked_titles
-from core.registry import ALIGN_TASK_TYPES, LIST_MODES, MODE_METRICS, MODEL_STAMP, MODES, TRAIN_TYPES, eval_paths, task_file
+from core.registry import ALIGN_TASK_TYPES, CONSTRAINABLE_MODES, LIST_MODES, MODE_METRICS, MODEL_STAMP, MODES, TRAIN_TYPES, eval_paths, task_file
 from core.stamps import embedded_changes, fingerprint, stale_error
 from core.utils import JsonlAppender, StageError, read_json, resolve_device, run_stage, set_seed, write_json
 
@@ -142,10 +142,6 @@ def item_titles(cfg: Config) -> list[str]:
     from preprocess.dataset import load_canonical
 
     return [t for t in load_canonical(cfg).titles[1:] if t]
-
-
-#: modes with a constrained decoding (eval.constrained_modes)
-CONSTRAINABLE_MODES = ("uid2next", "uidiid2rank")
 
 
 def constraint_for(cfg: Config, tokenizer: Any, mode: str) -> Any:

@@ -111,7 +111,7 @@ def test_cpu_profiles_keep_their_budget() -> None:
     assert ml.eval.max_samples_per_mode == {"uid2next": 100, "uid2hist": 50, "uidiid2binary": 500}
     assert ml.explain.max_samples == 40 and ml.data_gen.max_train_per_task == 2000
     assert (ml.llm.base_model, ml.llm.torch_dtype, ml.train.deepspeed) == ("models/smollm2-135m-instruct", "auto", "")
-    # the paper's LoRA (q/v + embed/head, from paper.yaml) at the CPU's learning rate
+    # LoRA with the embedding and head trained (modules from paper.yaml) at the CPU's learning rate
     assert ml.llm.lora.enabled and ml.llm.lora.modules_to_save == ["embed_tokens", "lm_head"]
     assert set(ml.train.task_mix) == {"behaviour", "intention", "both"}
     assert all(mix.get("sharegpt", 0) > 0 for mix in ml.train.task_mix.values())  # the replayed stand-in
