@@ -155,6 +155,9 @@ class DataGenConfig:
     seed: int = 2024
     #: cap on train samples per user for tasks 1/2 (most recent positions first)
     train_cap_per_user: int = 10
+    #: train rows per user that each give task 3 a positive and a negative item (most recent
+    #: first, within train_cap_per_user; 0 = every row). 1 = one pair per user
+    binary_rows_per_user: int = 1
     #: max history titles shown in a prompt (most recent)
     max_hist_len: int = 9
     #: similar items per item in iid2sim
@@ -258,6 +261,9 @@ class TrainConfig:
     #: of the recommender's top-1 title; costs seconds, no LLM forward pass
     prealign_steps: int = 0
     prealign_lr: float = 1.0e-3
+    #: pre-alignment target of the user projector: the mean title embedding of the
+    #: recommender's top-k items for the user (1 = its top-1 title, the uid2next answer)
+    prealign_user_topk: int = 1
     #: alignment learning curve: evaluate a fixed probe set at this many evenly spaced
     #: points of training (plus step 0); 0 = off. Rows go to llm/<T>/probe.jsonl.
     probe_points: int = 0
@@ -600,6 +606,7 @@ _RANGES: dict[str, tuple[float, bool, str]] = {
     "recmodel.kd.temperature": _POSITIVE,
     "data_gen.train_cap_per_user": (0, False, ""),
     "data_gen.max_hist_len": (0, False, ""),
+    "data_gen.binary_rows_per_user": (0, False, "0 = every row"),
     "data_gen.num_sim": (0, False, ""),
     "data_gen.sharegpt_train": (0, False, ""),
     "data_gen.sharegpt_valid": (0, False, ""),
@@ -632,6 +639,7 @@ _RANGES: dict[str, tuple[float, bool, str]] = {
     "train.projector_lr": (0, False, "0 = train.lr"),
     "train.prealign_steps": (0, False, "0 = off"),
     "train.prealign_lr": _POSITIVE,
+    "train.prealign_user_topk": (1, False, ""),
     "train.probe_points": (0, False, "0 = off"),
     "train.probe_samples": (0, False, "records per mode"),
     "eval.batch_size": (1, False, ""),

@@ -157,20 +157,21 @@ def registered_samples(ctx: SplitContext, per_task_cap: int) -> dict[str, list[S
 
 def user_samples(
     rows: list[TopRow], split: str, titles: Sequence[str], seed: int, max_hist_len: int,
-    per_task_cap: int,
+    per_task_cap: int, binary_rows_per_user: int = 1,
 ) -> dict[str, list[Sample]]:
     """Tasks 1, 2, 3 and uid2hist for the rows of one split.
 
     Task 1: one sample per row, answer = the recommender's top-1 title. Task 2: one per
     row, the candidates shuffled into the prompt, answer = their titles in model order.
-    Task 3: one positive and one negative per user (for train: from the user's most
-    recent row), answer/label Yes/No. uid2hist: one per row, answer = the shown titles.
+    Task 3: one positive and one negative per row of the user's `binary_rows_per_user` most
+    recent rows (0 = every row; valid/test have one row per user), answer/label Yes/No.
+    uid2hist: one per row, answer = the shown titles.
     """
     pick = {t: T.TemplatePicker(len(T.TEMPLATES[t]), derived_rng(seed, split, t, "template"))
             for t in ("uid2next", "uidiid2rank", "uidiid2binary", "uid2hist")}
     shuffle_rng = derived_rng(seed, split, "uidiid2rank", "shuffle")
     out: dict[str, list[Sample]] = {t: [] for t in pick}
-    last_row: dict[int, TopRow] = {}
+    user_rows: dict[int, list[TopRow]] = {}
     for r in tqdm(rows, desc=f"tasks 1-3,6 ({split})", leave=False):
         shown = r.history[-max_hist_len:] if max_hist_len > 0 else r.history
         out["uid2next"].append(Sample(
@@ -185,18 +186,19 @@ def user_samples(
         out["uid2hist"].append(Sample(
             "uid2hist", T.UID2HIST[pick["uid2hist"].pick()], T.join_titles([titles[i] for i in shown]),
             uid=r.uid, history=r.history, shown=shown))
-        last_row[r.uid] = r  # rows are sorted by (uid, position): the last one is the most recent
-    for uid in sorted(last_row):
-        r = last_row[uid]
-        shown = r.history[-max_hist_len:] if max_hist_len > 0 else r.history
-        for item, label, score in ((r.pos, "Yes", r.pos_score), (r.neg, "No", r.neg_score)):
-            out["uidiid2binary"].append(Sample(
-                "uidiid2binary", T.UIDIID2BINARY[pick["uidiid2binary"].pick()], label,
-                uid=uid, iid=item, history=r.history, shown=shown, items=(item,), label=label,
-                extra={} if score is None else {"score": score}))
+        user_rows.setdefault(r.uid, []).append(r)  # rows are sorted by (uid, position)
+    for uid in sorted(user_rows):
+        recent = user_rows[uid][-binary_rows_per_user:] if binary_rows_per_user > 0 else user_rows[uid]
+        for r in recent:
+            shown = r.history[-max_hist_len:] if max_hist_len > 0 else r.history
+            for item, label, score in ((r.pos, "Yes", r.pos_score), (r.neg, "No", r.neg_score)):
+                out["uidiid2binary"].append(Sample(
+                    "uidiid2binary", T.UIDIID2BINARY[pick["uidiid2binary"].pick()], label,
+                    uid=uid, iid=item, history=r.history, shown=shown, items=(item,), label=label,
+                    extra={} if score is None else {"score": score}))
     for t in out:
         if t == "uidiid2binary" and per_task_cap > 0:
-            # cap whole users, so that every kept user keeps its positive and its negative
+            # cap whole pairs, so that every kept row keeps its positive and its negative
             pairs = [out[t][k:k + 2] for k in range(0, len(out[t]), 2)]
             pairs = cap(pairs, per_task_cap // 2 or 1, derived_rng(seed, split, t, "cap"))
             out[t] = [s for p in pairs for s in p]

@@ -96,7 +96,7 @@ def _check_config(cfg: Config) -> None:
     if g.eval_split not in ("valid", "test"):
         raise ConfigError(f"{cfg.source_file}: data_gen.eval_split must be 'valid' or 'test', got {g.eval_split!r}")
     for key in ("train_cap_per_user", "max_hist_len", "num_sim", "sharegpt_train", "sharegpt_valid",
-                "sharegpt_max_chars", "explan_valid_users", "explan_train_users", "max_train_per_task",
+                "sharegpt_max_chars", "explan_valid_users", "explan_train_users", "max_train_per_task", "binary_rows_per_user",
                 "max_eval_per_task", "eval_iid2title_items", "max_field_chars"):
         if getattr(g, key) < 0:
             raise ConfigError(f"{cfg.source_file}: data_gen.{key} must be >= 0, got {getattr(g, key)}")
@@ -211,7 +211,8 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any] | None:
     # ---------------------------------------------------------------- samples per source split
     samples: dict[str, dict[str, list[Sample]]] = {}
     train_rows = per_user_cap(rows["train"], g.train_cap_per_user)
-    samples["train"] = user_samples(train_rows, "train", titles, g.seed, g.max_hist_len, g.max_train_per_task)
+    samples["train"] = user_samples(train_rows, "train", titles, g.seed, g.max_hist_len, g.max_train_per_task,
+                                    g.binary_rows_per_user)
     samples["train"].update(registered_samples(SplitContext(train_rows, "train", titles, g.seed, g.max_hist_len),
                                                g.max_train_per_task))
     samples["train"].update(item_samples(data.items, titles, item_sim, g.seed, g.num_sim, g.max_field_chars,

@@ -6,7 +6,9 @@
   i's title tokens (every catalogue item), and
 * the user projector so that ``user_proj(u)`` is the mean title embedding of the
   recommender's top-1 item for that user (the uid2next training records: their
-  ``history`` is what the recommender encoded, their ``answer`` its top-1 title).
+  ``history`` is what the recommender encoded, their ``answer`` its top-1 title), or with
+  ``train.prealign_user_topk: k > 1`` the mean over its top-k items (history masked),
+  so that the user vector starts near the region of its likely items rather than one title.
 
 WHY: LLaVA trains its projector alone on image-caption pairs first; here the pairs are
 free (the recommender's vectors and the LLM's own embedding table), so the regression
@@ -72,8 +74,8 @@ def prealign_projectors(model: Any, tokenizer: Any, cfg: Config, train_records: 
     iids = [i for i in range(1, len(titles)) if titles[i]]
     with torch.no_grad():
         e = enc.encode_items(torch.tensor(iids, device=dev)).float().cpu()
-    _fit(model.item_proj, e.to(model.device), title_embeddings(emb, tokenizer, [titles[i] for i in iids]).to(model.device),
-         steps, lr, "item")
+    item_targets = title_embeddings(emb, tokenizer, [titles[i] for i in iids])
+    _fit(model.item_proj, e.to(model.device), item_targets.to(model.device), steps, lr, "item")
     counts["items"] = len(iids)
     seen: set[tuple] = set()
     recs = []
@@ -87,7 +89,18 @@ def prealign_projectors(model: Any, tokenizer: Any, cfg: Config, train_records: 
         hist = torch.tensor([right_align(r["history"], L) for r in recs], device=dev)
         with torch.no_grad():
             u = torch.cat([enc.encode_users(hist[k : k + 512]) for k in range(0, len(hist), 512)]).float().cpu()
-        target = title_embeddings(emb, tokenizer, [r["answer"] for r in recs])
+        topk = cfg.train.prealign_user_topk
+        if topk > 1:
+            table = torch.zeros(len(titles), emb.shape[1])  # row = iid; untitled items stay 0
+            table[iids] = item_targets
+            with torch.no_grad():  # the two towers' dot product, as the recommender ranks
+                scores = u @ enc.encode_items(torch.arange(len(titles), device=dev)).float().cpu().T
+            scores[:, [i for i in range(len(titles)) if not titles[i]]] = float("-inf")
+            for k, r in enumerate(recs):  # it never recommends what the user has seen
+                scores[k, list(r["history"])] = float("-inf")
+            target = table[scores.topk(topk, dim=1).indices].mean(1)
+        else:
+            target = title_embeddings(emb, tokenizer, [r["answer"] for r in recs])
         _fit(model.user_proj, u.to(model.device), target.to(model.device), steps, lr, "user")
         counts["users"] = len(recs)
     else:

@@ -162,6 +162,31 @@ def test_task3_labels_follow_cut_rules(gen):
                 assert len(r["history"]) == min(len(fx["seqs"][r["uid"]]) - 3, 10)
 
 
+def test_task3_pairs_from_several_rows_per_user(tmp_path):
+    """data_gen.binary_rows_per_user: a pair from each of a user's most recent train rows."""
+    fx = build_root(tmp_path)
+    for n in (2, 0):
+        run(tiny_config(tmp_path, "data_gen.max_train_per_task=0", f"data_gen.binary_rows_per_user={n}"), force=True)
+        recs = [r for r in load(tmp_path, "behaviour_train") if r["type"] == "uidiid2binary"]
+        rows = by_key(fx["tops"]["train"])
+        per_user_rows: dict[int, list] = {}
+        for row in fx["tops"]["train"]:
+            per_user_rows.setdefault(row["uid"], []).append(row)
+        cap = 3  # the tiny profile's train_cap_per_user
+        for uid, urows in per_user_rows.items():
+            urows = urows[-cap:]  # the fixture writes each user's rows in position order
+            want = urows[-n:] if n else urows
+            got = [r for r in recs if r["uid"] == uid]
+            assert len(got) == 2 * len(want), (n, uid)
+            assert {tuple(r["history"]) for r in got} == {tuple(row["history"]) for row in want}
+        for r in recs:  # each pair still matches its own row
+            row = rows[(r["uid"], tuple(r["history"]))]
+            assert r["iid"] == (row["pos"] if r["label"] == "Yes" else row["neg"])
+        assert Counter(r["label"] for r in recs)["Yes"] == len(recs) // 2
+    with pytest.raises(ConfigError, match="binary_rows_per_user"):
+        run(tiny_config(tmp_path, "data_gen.binary_rows_per_user=-1"), force=True)
+
+
 def test_uid2hist_and_task6_forms(gen):
     root, fx, cfg, _ = gen
     titles = fx["titles"]

@@ -81,6 +81,50 @@ def test_prealign_moves_projectors_onto_title_embeddings(tmp_path):
     assert err() < 0.5 * before
 
 
+def test_prealign_user_topk_targets_the_mean_of_the_top_k_titles(tmp_path):
+    from src.chat import right_align
+    from src.model import build_model
+    from src.prealign import prealign_projectors, title_embeddings
+
+    cfg = setup_eval_root(tmp_path, "train.prealign_steps=300", "train.prealign_lr=0.01",
+                          "train.prealign_user_topk=3")
+    model, tok = load_tiny_explainer(cfg)
+    fresh, _ = build_model(cfg, model.encoder)
+    recs = [r for r in make_records(read_sequences(cfg), "emb", "train") if r["type"] == "uid2next"]
+    from preprocess.dataset import load_canonical
+
+    titles = load_canonical(cfg).titles
+    emb = fresh.lm.get_input_embeddings().weight.detach()
+    hists = {tuple(r["history"]) for r in recs}
+    L = cfg.recmodel.max_seq_len
+    u = fresh.encoder.encode_users(torch.tensor([right_align(list(h), L) for h in hists])).float()
+    items = fresh.encoder.encode_items(torch.arange(len(titles))).float()
+    want: dict[int, list] = {1: [], 3: []}
+    for h, scores in zip(hists, u @ items.T):
+        scores = scores.clone()
+        scores[0] = float("-inf")
+        scores[list(h)] = float("-inf")  # the recommender never recommends what the user has seen
+        for k in want:
+            want[k].append(title_embeddings(emb, tok, [titles[i] for i in scores.topk(k).indices.tolist()]).mean(0))
+    targets = {k: torch.stack(v) for k, v in want.items()}
+
+    def err(k: int) -> float:  # of the current `fresh` model
+        with torch.no_grad():
+            return torch.nn.functional.mse_loss(fresh.user_proj(u), targets[k]).item()
+
+    before = err(3)
+    prealign_projectors(fresh, tok, cfg, recs)
+    assert err(3) < 0.5 * before
+    # the same pre-alignment with the top-1 target lands farther from the top-3 means
+    top3 = err(3)
+    fresh, _ = build_model(cfg, model.encoder)
+    cfg.train.prealign_user_topk = 1
+    prealign_projectors(fresh, tok, cfg, recs)
+    assert top3 < 0.5 * err(3)
+    with pytest.raises(ConfigError, match="prealign_user_topk"):
+        setup_eval_root(tmp_path / "bad", "train.prealign_user_topk=0")
+
+
 def test_projector_lr_gives_the_projectors_their_own_group(tmp_path):
     from src.train import _trainer_classes, training_arguments
     from src.model import build_model
