@@ -96,7 +96,7 @@ def _check_config(cfg: Config) -> None:
     if g.eval_split not in ("valid", "test"):
         raise ConfigError(f"{cfg.source_file}: data_gen.eval_split must be 'valid' or 'test', got {g.eval_split!r}")
     for key in ("train_cap_per_user", "max_hist_len", "num_sim", "sharegpt_train", "sharegpt_valid",
-                "sharegpt_max_chars", "explan_valid_users", "explan_train_users", "max_train_per_task", "binary_rows_per_user",
+                "sharegpt_max_chars", "explan_valid_users", "explan_train_users", "max_train_per_task",
                 "max_eval_per_task", "eval_iid2title_items", "max_field_chars"):
         if getattr(g, key) < 0:
             raise ConfigError(f"{cfg.source_file}: data_gen.{key} must be >= 0, got {getattr(g, key)}")

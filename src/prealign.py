@@ -26,6 +26,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from recmodel.data import padded_full
+from recmodel.models import mask_history_
 from src.chat import right_align
 from core.config import Config
 
@@ -95,9 +97,8 @@ def prealign_projectors(model: Any, tokenizer: Any, cfg: Config, train_records: 
             table[iids] = item_targets
             with torch.no_grad():  # the two towers' dot product, as the recommender ranks
                 scores = u @ enc.encode_items(torch.arange(len(titles), device=dev)).float().cpu().T
+            mask_history_(scores, padded_full([list(r["history"]) for r in recs]))  # never what was seen
             scores[:, [i for i in range(len(titles)) if not titles[i]]] = float("-inf")
-            for k, r in enumerate(recs):  # it never recommends what the user has seen
-                scores[k, list(r["history"])] = float("-inf")
             target = table[scores.topk(topk, dim=1).indices].mean(1)
         else:
             target = title_embeddings(emb, tokenizer, [r["answer"] for r in recs])
