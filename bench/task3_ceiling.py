@@ -73,8 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     from recmodel.encoder import load_rec_encoder
 
     cfg = load_config(args.config, overrides=args.set)
-    enc = load_rec_encoder(cfg, device="cpu")
     task_dir = cfg.tasks_dir
+    for split in ("train", "valid"):
+        if not (task_dir / f"{args.variant}_{split}.json").is_file():
+            raise SystemExit(f"error: {task_dir / f'{args.variant}_{split}.json'} is missing: run the pipeline "
+                             f"first (bash shell/run_all.sh {args.config}; the LLM rows need its Table 1 stage)")
+    enc = load_rec_encoder(cfg, device="cpu")
     train = [r for r in json.loads((task_dir / f"{args.variant}_train.json").read_text())
              if r["type"] == "uidiid2binary"]
     valid = [r for r in json.loads((task_dir / f"{args.variant}_valid.json").read_text())
