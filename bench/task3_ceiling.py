@@ -26,7 +26,6 @@ tasks, eval); writes nothing. Needs scikit-learn (in requirements.txt).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -50,10 +49,11 @@ def _features(enc, rows: list[dict]):
 
 
 def _llm_rows(eval_dir: Path, variant: str) -> list[dict]:
+    """A variant's Table 1 task-3 rows, or none when that evaluation has not run."""
+    from core.utils import read_jsonl
+
     path = eval_dir / variant / "uidiid2binary.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(path, what="task-3 evaluation") if path.is_file() else []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,19 +70,17 @@ def main(argv: list[str] | None = None) -> int:
     from sklearn.neural_network import MLPClassifier
 
     from core.config import load_config
+    from core.utils import StageError
     from recmodel.encoder import load_rec_encoder
+    from src.data import load_task_records
 
     cfg = load_config(args.config, overrides=args.set)
-    task_dir = cfg.tasks_dir
-    for split in ("train", "valid"):
-        if not (task_dir / f"{args.variant}_{split}.json").is_file():
-            raise SystemExit(f"error: {task_dir / f'{args.variant}_{split}.json'} is missing: run the pipeline "
-                             f"first (bash shell/run_all.sh {args.config}; the LLM rows need its Table 1 stage)")
-    enc = load_rec_encoder(cfg, device="cpu")
-    train = [r for r in json.loads((task_dir / f"{args.variant}_train.json").read_text())
-             if r["type"] == "uidiid2binary"]
-    valid = [r for r in json.loads((task_dir / f"{args.variant}_valid.json").read_text())
-             if r["type"] == "uidiid2binary"]
+    try:  # a missing or malformed file is one error naming it (the run's own readers)
+        train, valid = ([r for r in load_task_records(cfg.tasks_dir / f"{args.variant}_{split}.json")
+                         if r["type"] == "uidiid2binary"] for split in ("train", "valid"))
+        enc = load_rec_encoder(cfg, device="cpu")
+    except StageError as e:
+        raise SystemExit(f"error: {e}") from None
     llm_rows = {v: _llm_rows(cfg.eval_dir, v) for v in ("none", "behaviour", "intention", "both")}
     # records are matched on (user, item): each variant's file has its own ids for the same pairs
     scored = {(r["uid"], r["iid"]) for r in llm_rows.get(args.variant) or []}
