@@ -243,6 +243,11 @@ class TrainConfig:
     deepspeed: str = ""
     #: cap on training / eval samples (0 = all); keeps CPU runs inside their budget
     max_train_samples: int = 0
+    #: train.max_train_samples per RecExplainer variant ({behaviour: N, intention: N, both: N});
+    #: a variant left out uses train.max_train_samples. WHY: the variants learn at different
+    #: rates per token (I and H need passes over the task-3 pairs, B's prompts are the longest),
+    #: so one budget for all three spends a CPU hour badly
+    max_train_samples_per_type: dict[str, int] = field(default_factory=dict)
     max_eval_samples: int = 0
     #: task record types (e.g. uid2next, iid2sim, uid2hist) dropped from the train and valid
     #: files before any subsampling; the Figure 7 ablation (src.ablation) sets it per variant
@@ -635,6 +640,7 @@ _RANGES: dict[str, tuple[float, bool, str]] = {
     "train.save_steps": (1, False, ""),
     "train.logging_steps": (1, False, ""),
     "train.max_train_samples": (0, False, "0 = all"),
+    "train.max_train_samples_per_type": (0, False, "0 = all"),
     "train.max_eval_samples": (0, False, "0 = all"),
     "train.projector_lr": (0, False, "0 = train.lr"),
     "train.prealign_steps": (0, False, "0 = off"),

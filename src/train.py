@@ -247,6 +247,17 @@ def task_mix_of(cfg: Config, task_type: str) -> dict[str, float]:
     return dict(mix)
 
 
+def train_budget_of(cfg: Config, task_type: str) -> int:
+    """Records one variant trains on: train.max_train_samples_per_type[task_type], else
+    train.max_train_samples (0 = all)."""
+    per = cfg.train.max_train_samples_per_type
+    unknown = sorted(set(per) - set(TASK_TYPES))
+    if unknown:
+        raise ConfigError(f"train.max_train_samples_per_type: unknown task type '{unknown[0]}' "
+                          f"(known: {', '.join(TASK_TYPES)})")
+    return int(per.get(task_type, cfg.train.max_train_samples))
+
+
 def resolve_training_dtype(cfg: Config) -> Config:
     """``llm.torch_dtype: auto`` for training: bf16 compute only where it is measured faster.
 
@@ -341,6 +352,8 @@ def _last_checkpoint(ckpt_dir: Path) -> str | None:
 #: train.* keys that change how a run is logged, checkpointed or launched, not what it learns
 _NOT_LEARNING = ("train.eval_steps", "train.save_steps", "train.logging_steps", "train.probe_points",
                  "train.probe_samples", "train.max_eval_samples", "train.gradient_checkpointing", "train.deepspeed")
+#: settings stamped as their value for the variant at hand (train_fingerprint)
+_PER_VARIANT = ("train.task_mix", "train.max_train_samples", "train.max_train_samples_per_type")
 
 
 def train_fingerprint(cfg: Config, task_type: str, zero_projectors: bool = False,
@@ -348,8 +361,12 @@ def train_fingerprint(cfg: Config, task_type: str, zero_projectors: bool = False
     """What a trained model depends on: the LLM and training settings, its task file and the
     recommender whose vectors it reads."""
     fp = fingerprint(cfg, ["llm", "train"], [cfg.tasks_dir / f"{task_type}_train.json", cfg.recmodel_dir / "model.pt"],
-                     exclude=_NOT_LEARNING, base=cfg.root)
-    fp["settings"].update(zero_projectors=zero_projectors, max_steps=max_steps)
+                     exclude=_NOT_LEARNING + _PER_VARIANT, base=cfg.root)
+    # this variant's own mix and budget, so that retuning one variant leaves the other two
+    # current (for a flat mix and one budget the stamp is what it was before the per-variant keys)
+    fp["settings"].update({"train.task_mix": task_mix_of(cfg, task_type),
+                           "train.max_train_samples": train_budget_of(cfg, task_type)},
+                          zero_projectors=zero_projectors, max_steps=max_steps)
     return fp
 
 
@@ -384,7 +401,7 @@ def train(
     valid_path = cfg.tasks_dir / f"{task_type}_valid.json"
     exclude = cfg.train.exclude_tasks
     all_train = filter_task_types(load_task_records(train_path), exclude, train_path)
-    train_recs = mix_tasks(all_train, task_mix_of(cfg, task_type), cfg.train.max_train_samples, cfg.train.seed,
+    train_recs = mix_tasks(all_train, task_mix_of(cfg, task_type), train_budget_of(cfg, task_type), cfg.train.seed,
                            train_path)
     valid_recs = []
     if valid_path.is_file():

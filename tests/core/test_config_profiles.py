@@ -117,8 +117,13 @@ def test_cpu_profiles_keep_their_budget() -> None:
     assert all(mix.get("sharegpt", 0) > 0 for mix in ml.train.task_mix.values())  # the replayed stand-in
     assert ml.data_gen.sharegpt_replay > 0 and ml.data_gen.sharegpt_file == ""
     assert 0 < ml.explain.min_new_tokens <= ml.explain.max_new_tokens
+    # a budget per variant (I and H: passes over the task-3 pairs), each at least the long profile's share
+    from src.train import train_budget_of
     long = load_config(CONFIGS / "ml100k_long.yaml")
-    assert long.train.max_train_samples > ml.train.max_train_samples and long.root.name == "ml100k_long"
+    assert long.root.name == "ml100k_long"
+    for tt in ("behaviour", "intention", "both"):
+        assert 0 < train_budget_of(ml, tt) < train_budget_of(long, tt)
+    assert train_budget_of(ml, "intention") > 2800 and train_budget_of(ml, "both") > 2800
     prov: dict[str, str] = {}
     load_config(CONFIGS / "ml100k.yaml", provenance=prov)
     assert Path(prov["train.max_train_samples"]).name == "cpu.yaml"

@@ -55,6 +55,30 @@ def test_mix_tasks_errors_name_the_key():
         mix_tasks(recs, {"uid2next": -1}, 10, seed=0, path="t.json")
 
 
+def test_budget_and_mix_per_variant_and_their_stamps(tmp_path):
+    from src.train import train_budget_of, train_fingerprint
+
+    mixes = "train.task_mix={intention: {uidiid2binary: 1}, both: {uid2next: 1}}"
+    cfg = tiny_cfg(tmp_path, "train.max_train_samples=10", "train.max_train_samples_per_type={intention: 30}", mixes)
+    assert (train_budget_of(cfg, "intention"), train_budget_of(cfg, "both"), train_budget_of(cfg, "behaviour")) == (30, 10, 10)
+    both = train_fingerprint(cfg, "both")["settings"]
+    assert both["train.max_train_samples"] == 10 and both["train.task_mix"] == {"uid2next": 1}
+    # retuning one variant leaves the others' stamps as they were; its own changes
+    other = tiny_cfg(tmp_path, "train.max_train_samples=10", "train.max_train_samples_per_type={intention: 50}",
+                     "train.task_mix={intention: {uidiid2binary: 2}, both: {uid2next: 1}}")
+    assert train_fingerprint(other, "both")["settings"] == both
+    assert train_fingerprint(other, "intention")["settings"] != train_fingerprint(cfg, "intention")["settings"]
+    # one budget and a flat mix stamp as they always did (models trained before the per-variant keys stay current)
+    flat = tiny_cfg(tmp_path, "train.max_train_samples=12", "train.task_mix={uid2next: 1}")
+    stamp = train_fingerprint(flat, "intention")["settings"]
+    assert stamp["train.max_train_samples"] == 12 and stamp["train.task_mix"] == {"uid2next": 1}
+    assert "train.max_train_samples_per_type" not in stamp
+    with pytest.raises(ConfigError, match="max_train_samples_per_type: unknown task type 'intension'"):
+        train_budget_of(tiny_cfg(tmp_path, "train.max_train_samples_per_type={intension: 3}"), "intention")
+    with pytest.raises(ConfigError, match="max_train_samples_per_type"):
+        tiny_cfg(tmp_path, "train.max_train_samples_per_type={both: -1}")
+
+
 def test_prealign_moves_projectors_onto_title_embeddings(tmp_path):
     from src.model import build_model
     from src.prealign import prealign_projectors, title_embeddings
