@@ -547,7 +547,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task_type", required=True, choices=list(TASK_TYPES))
     parser.add_argument("--max_steps", type=int, default=None, help="stop after this many optimizer steps")
     args = parser.parse_args(argv)
-    return run_stage(lambda: train(config_from_args(args), args.task_type, force=args.force, max_steps=args.max_steps))
+    rc = run_stage(lambda: train(config_from_args(args), args.task_type, force=args.force, max_steps=args.max_steps))
+    if rc == 0:  # only after success: a rank that failed must not wait in a collective teardown
+        close_process_group()
+    return rc
+
+
+def close_process_group() -> None:
+    """Tear down the distributed process group while the interpreter is still alive.
+
+    WHY: a gloo group left to interpreter shutdown can abort a rank with SIGABRT
+    ("terminate called without an active exception") after the model is saved, and the
+    launcher then reports the whole run as failed. A no-op in a single-process run.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -117,6 +117,7 @@ def main() -> int:
 
         callbacks.append(StopAt())
     st.train(cfg, a.task_type, rec_encoder=FakeEncoder(), max_steps=a.max_steps, callbacks=callbacks)
+    st.close_process_group()  # as src.train's entry does after a successful run
     return 0
 
 
