@@ -303,6 +303,12 @@ class EvalConfig:
     max_samples_per_mode: dict[str, int] = field(default_factory=dict)
     #: in-context examples for the ICL baseline
     icl_examples: int = 2
+    #: the ICL baselines (none_icl, gpt4_icl) only: a cap on their records per mode on top of
+    #: the mode's own (0 = none, the same records as every method): their prompts carry the
+    #: examples and cost 2-3x a plain prompt. A smaller cap draws a subset of the same sample
+    icl_max_samples: int = 0
+    #: the ICL baselines also get the constrained run of constrained_modes (with eval.constrained)
+    icl_constrained: bool = True
     #: also report constrained decoding (its own "(title-constrained)" row of Table 1) for
     #: the modes of constrained_modes
     constrained: bool = True
@@ -655,6 +661,7 @@ _RANGES: dict[str, tuple[float, bool, str]] = {
     "eval.max_samples": (0, False, "0 = all"),
     "eval.max_samples_per_mode": (0, False, "0 = all"),
     "eval.icl_examples": (0, False, ""),
+    "eval.icl_max_samples": (0, False, "0 = no extra cap"),
     "eval.api_uid2next_k": (1, False, ""),
     "explain.max_new_tokens": (1, False, ""),
     "explain.min_new_tokens": (0, False, "0 = off"),

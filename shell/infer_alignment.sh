@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Alignment evaluation (Table 1): one method on one inference mode, or on all of them.
 # usage: bash shell/infer_alignment.sh [configs/X.yaml] --task_type behaviour|intention|both|none|gpt4
-#            [--inference_mode uid2next|uidiid2rank|uidiid2binary|uid2hist|iid2title]
+#            [--inference_mode uid2next|uidiid2rank|uidiid2binary|uid2hist|iid2title[,MODE...]]
 #            [--icl] [--constrained|--no-constrained] [--split valid|test] [--force] [--set key=value ...]
-# Without --inference_mode, runs the four Table 1 tasks (uid2hist only for intention/both).
+# Without --inference_mode, runs the four Table 1 tasks (uid2hist only for intention/both),
+# in one process (the model is loaded once).
 # Then: python -m src.report --config X.yaml prints Table 1.
 source "$(dirname "$0")/_common.sh"
 pick_config "$@"
@@ -19,9 +20,7 @@ done
 if [ $has_mode = 1 ]; then
   python -m src.infer_alignment --config "$CONFIG" ${ARGS[@]+"${ARGS[@]}"}
 else
-  modes="uid2next uidiid2rank uidiid2binary"
-  case "$tt" in intention|both) modes="$modes uid2hist" ;; esac
-  for m in $modes; do
-    python -m src.infer_alignment --config "$CONFIG" --inference_mode "$m" ${ARGS[@]+"${ARGS[@]}"}
-  done
+  modes="uid2next,uidiid2rank,uidiid2binary"
+  case "$tt" in intention|both) modes="$modes,uid2hist" ;; esac
+  python -m src.infer_alignment --config "$CONFIG" --inference_mode "$modes" ${ARGS[@]+"${ARGS[@]}"}
 fi

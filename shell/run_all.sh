@@ -80,13 +80,15 @@ pipeline() {
   for tt in $TRAIN_TYPES; do
     stage "train_$tt"    bash $S/train.sh "$CONFIG" --task_type "$tt"
   done
-  for m in $ALIGN_RUNS; do   # entries look like method:mode[:flag]
-    IFS=: read -r tt mode flag <<<"$m"
-    stage "align_${tt}${flag:+_$flag}_$mode" bash $S/infer_alignment.sh "$CONFIG" --task_type "$tt" --inference_mode "$mode" ${flag:+--$flag}
+  # one stage (one process, one model load) per method; each skips the modes / splits whose
+  # outputs exist, so an interrupted stage resumes where it stopped
+  for m in $ALIGN_RUNS; do   # entries look like method:mode,mode,...[:flag]
+    IFS=: read -r tt modes flag <<<"$m"
+    stage "align_${tt}${flag:+_$flag}" bash $S/infer_alignment.sh "$CONFIG" --task_type "$tt" --inference_mode "$modes" ${flag:+--$flag}
   done
-  for e in $EXPLAIN_RUNS; do  # method:split
-    IFS=: read -r tt split <<<"$e"
-    stage "explain_${tt}_$split" bash $S/infer_explan.sh "$CONFIG" --task_type "$tt" --split "$split"
+  for e in $EXPLAIN_RUNS; do  # method:split,split,...
+    IFS=: read -r tt splits <<<"$e"
+    stage "explain_$tt" bash $S/infer_explan.sh "$CONFIG" --task_type "$tt" --split "$splits"
   done
   stage eval_explan      bash $S/eval_explan.sh "$CONFIG"
   stage disc_data        bash discriminator/data_gen.sh "$CONFIG"

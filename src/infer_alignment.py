@@ -2,8 +2,11 @@
 
     python -m src.infer_alignment --config configs/ml100k.yaml \
         --task_type behaviour|intention|both|none|gpt4 \
-        --inference_mode uid2next|uidiid2rank|uidiid2binary|uid2hist|iid2title \
+        --inference_mode uid2next|uidiid2rank|uidiid2binary|uid2hist|iid2title[,MODE...] \
         [--icl] [--constrained | --no-constrained] [--split valid|test] [--force]
+
+Several modes, comma-separated, run in one process and load the model once (the pipeline
+runs each method's modes this way; a model load and the imports cost ~5 s per process here).
 
 Reads ``tasks/<task_type>_<split>.json`` (``behaviour_<split>.json`` for the unaligned
 ``none`` and ``gpt4`` baselines, which read titles, not embeddings), keeps the records
@@ -31,12 +34,13 @@ probabilities of "Yes" and "No" (no generation).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import random
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from core.config import Config, ConfigError, add_config_args, config_from_args
 from core.metrics import compute_metrics, parse_ranked_titles
@@ -83,8 +87,14 @@ def read_tasks(path: Path) -> list[dict]:
     return data
 
 
-def load_eval_records(cfg: Config, task_type: str, mode: str, split: str) -> list[dict]:
-    """Records of one inference mode; over eval.max_samples a seeded random sample (stable)."""
+def load_eval_records(cfg: Config, task_type: str, mode: str, split: str, icl: bool = False) -> list[dict]:
+    """Records of one inference mode; over eval.max_samples a seeded random sample (stable).
+
+    `icl`: an ICL baseline, whose sample is cut further to eval.icl_max_samples, a seeded
+    subset of the one every other method gets (so its cells compare on the same records).
+    """
+    from src.data import subsample
+
     path = task_file(cfg, task_type, split)
     records = [r for r in read_tasks(path) if r["type"] == mode]
     if not records:
@@ -96,11 +106,13 @@ def load_eval_records(cfg: Config, task_type: str, mode: str, split: str) -> lis
     if cap and len(records) > cap:
         # a seeded random draw, not the first N: task files are ordered by user, and the
         # first users are no random sample of them; eval.sample_seed redraws it
-        from src.data import subsample
-
         log.info("evaluating a seeded random %d of %d %s records (eval.max_samples, eval.sample_seed=%d)",
                  cap, len(records), mode, cfg.eval.sample_seed)
         records = subsample(records, cap, f"{cfg.eval.sample_seed}:{mode}")
+    icl_cap = cfg.eval.icl_max_samples
+    if icl and icl_cap and len(records) > icl_cap:
+        log.info("ICL baseline: a seeded random %d of those %d records (eval.icl_max_samples)", icl_cap, len(records))
+        records = subsample(records, icl_cap, f"{cfg.eval.sample_seed}:{mode}:icl")
     return records
 
 
@@ -312,12 +324,15 @@ def run_api(cfg: Config, client: Any, records: list[dict], mode: str, rows_path:
 # --------------------------------------------------------------------------- driver
 
 
-#: eval.* keys that change how fast a cell is measured, not what it measures
-_NOT_MEASURING = ("eval.batch_size", "eval.device")
+#: eval.* keys that change how fast a cell is measured, not what it measures (whether a
+#: constrained block is wanted is checked apart from the fingerprint, below)
+_NOT_MEASURING = ("eval.batch_size", "eval.device", "eval.icl_constrained")
+#: eval.* keys of the ICL baselines only
+_ICL_KEYS = ("eval.icl_max_samples",)
 #: keys whose change re-measures from the rows there are: the sample keys only change which
 #: records are measured (rows are kept per record id); rows asked with another API question
 #: are dropped by run_api itself
-_REMEASURED = ("eval.max_samples", "eval.max_samples_per_mode", "eval.sample_seed",
+_REMEASURED = ("eval.max_samples", "eval.max_samples_per_mode", "eval.sample_seed", "eval.icl_max_samples",
                "eval.api_uid2next_k", "eval.api_uid2next_instruction")
 #: eval keys of the API model only
 _API_KEYS = ("eval.api_uid2next_k", "eval.api_uid2next_instruction")
@@ -331,13 +346,14 @@ def evaluate(
     constrained: bool | None = None,
     split: str = "valid",
     force: bool = False,
-    loaded: tuple[Any, Any] | None = None,
+    loaded: tuple[Any, Any] | Callable[[], tuple[Any, Any]] | None = None,
     client: Any = None,
     method: str | None = None,
 ) -> dict | None:
     """Run one (method, inference mode) evaluation; return its metrics (None if skipped).
 
-    `loaded` = (model, tokenizer) bypasses src.model.load_trained (tests, benchmarks);
+    `loaded` = (model, tokenizer), or a function returning it (called only if this mode has
+    work: see `main`), bypasses src.model.load_trained (tests, benchmarks, several modes);
     `client` bypasses the construction of core.api_client.ChatClient. `method` replaces the
     output folder name under eval/ (src.ablation: ``ablation/<variant>`` with `loaded`
     holding that variant's model).
@@ -349,7 +365,8 @@ def evaluate(
     if split not in ("valid", "test"):
         raise ConfigError(f"--split must be valid or test, got {split!r}")
     use_api = task_type == "gpt4"
-    constrained = cfg.eval.constrained if constrained is None else constrained
+    if constrained is None:
+        constrained = cfg.eval.constrained and (cfg.eval.icl_constrained or not icl)
     bad = [m for m in cfg.eval.constrained_modes if m not in CONSTRAINABLE_MODES]
     if bad:
         raise ConfigError(f"eval.constrained_modes: {bad[0]!r} cannot be decoded under a constraint "
@@ -364,7 +381,8 @@ def evaluate(
     if task_type in TRAIN_TYPES and method == method_name(task_type, icl):
         inputs.append(cfg.llm_dir / task_type / MODEL_STAMP)
     fp = fingerprint(cfg, ["eval", "llm.base_model", "llm.chat_format", "llm.max_length", "seed"], inputs,
-                     exclude=_NOT_MEASURING + (() if use_api else _API_KEYS), base=cfg.root)
+                     exclude=_NOT_MEASURING + (() if use_api else _API_KEYS) + (() if icl else _ICL_KEYS),
+                     base=cfg.root)
     if force:
         for key in ("rows", "constrained_rows", "metrics"):
             paths[key].unlink(missing_ok=True)
@@ -397,7 +415,7 @@ def evaluate(
             client = ChatClient(cfg)
 
     set_seed(cfg.seed)
-    records = load_eval_records(cfg, task_type, mode, split)
+    records = load_eval_records(cfg, task_type, mode, split, icl=icl)
     if icl:
         records = attach_icl_examples(cfg, records, mode)
     log.info("%s / %s / %s: %d samples from %s", method, mode, split, len(records), task_file(cfg, task_type, split))
@@ -407,11 +425,8 @@ def evaluate(
         crows = None
     else:
         if loaded is None:
-            from src.model import load_trained
-
-            loaded = load_trained(cfg, "none" if task_type == "none" else task_type,
-                                  device=resolve_device(cfg.eval.device))
-        model, tokenizer = loaded
+            loaded = load_model(cfg, task_type)
+        model, tokenizer = loaded() if callable(loaded) else loaded
         rows = run_local(cfg, model, tokenizer, records, mode, paths["rows"])
         crows = None
         if constrained:
@@ -425,6 +440,7 @@ def evaluate(
             "num_beams": cfg.eval.num_beams if mode == "uid2next" else 1,
             "max_new_tokens": cfg.eval.max_new_tokens_list if mode in LIST_MODES else cfg.eval.max_new_tokens,
             "max_samples": max_samples(cfg, mode), "base_model": cfg.llm.base_model,
+            **({"icl_max_samples": cfg.eval.icl_max_samples} if icl else {}),
             "task_file": str(task_file(cfg, task_type, split)),
             **({"api_uid2next_k": cfg.eval.api_uid2next_k,
                 "api_uid2next_instruction": api_uid2next_instruction(cfg)}
@@ -442,16 +458,36 @@ def evaluate(
     return metrics
 
 
+def load_model(cfg: Config, task_type: str) -> tuple[Any, Any]:
+    """The method's (model, tokenizer) on eval.device (torch is imported only here)."""
+    from src.model import load_trained
+
+    return load_trained(cfg, task_type, device=resolve_device(cfg.eval.device))
+
+
+def parse_modes(value: str) -> list[str]:
+    """`--inference_mode` value: one mode or several, comma-separated, each known, none twice."""
+    modes = [m.strip() for m in value.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if not modes or bad:
+        raise argparse.ArgumentTypeError(
+            f"unknown inference mode {bad[0] if bad else value!r} (choose from {', '.join(MODES)}; several: comma-separated)")
+    if len(set(modes)) < len(modes):
+        raise argparse.ArgumentTypeError(f"a mode is named twice in {value!r}")
+    return modes
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(p)
     p.add_argument("--task_type", required=True, choices=TASK_TYPES,
                    help="trained model (behaviour|intention|both), base LLM (none), or the API model (gpt4)")
-    p.add_argument("--inference_mode", required=True, choices=MODES)
+    p.add_argument("--inference_mode", required=True, type=parse_modes, metavar="MODE[,MODE...]",
+                   help=f"one of {', '.join(MODES)}, or several comma-separated (one model load)")
     p.add_argument("--icl", action="store_true", help="prepend eval.icl_examples seeded training examples")
     p.add_argument("--constrained", action=argparse.BooleanOptionalAction, default=None,
                    help="also run constrained decoding for the modes of eval.constrained_modes "
-                        "(default: eval.constrained)")
+                        "(default: eval.constrained, and for --icl eval.icl_constrained)")
     p.add_argument("--split", choices=["valid", "test"], default="valid")
     return p
 
@@ -461,8 +497,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         cfg = config_from_args(args)
-        evaluate(cfg, args.task_type, args.inference_mode, icl=args.icl, constrained=args.constrained,
-                 split=args.split, force=args.force)
+        # loaded on the first mode with work to do, then shared by the others
+        loaded = functools.cache(functools.partial(load_model, cfg, args.task_type))
+        for mode in args.inference_mode:
+            evaluate(cfg, args.task_type, mode, icl=args.icl, constrained=args.constrained,
+                     split=args.split, force=args.force, loaded=loaded)
 
     return run_stage(body)
 

@@ -1,7 +1,9 @@
 """Generate explanations (paper 3.1.2, 3.4, 3.5.2) for one method and split.
 
 ``python -m src.infer_explan --config X --task_type behaviour|intention|both|none|chatgpt
-[--split valid|train|test] [--aspect "genres"] [--force]``
+[--split valid|train|test[,SPLIT...]] [--aspect "genres"] [--force]``
+
+Several splits, comma-separated, share one process and one model load.
 
 * ``behaviour`` / ``intention`` / ``both``: RecExplainer-B / -I / -H (``src.model.load_trained``)
   on ``tasks/explan_<task_type>_<split>.json``; ``none``: the unaligned base LLM on the
@@ -27,10 +29,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from core.config import Config, ConfigError, add_config_args, config_from_args
 from core.registry import EXPLAIN_TASK_TYPES, MODEL_STAMP, TRAIN_TYPES, explain_file
@@ -162,11 +165,12 @@ def explain_fingerprint(cfg: Config, task_type: str, split: str) -> dict[str, An
 
 def run(
     cfg: Config, task_type: str, split: str = "valid", aspect: str = "", force: bool = False,
-    environ: Any = None, model_and_tokenizer: tuple[Any, Any] | None = None,
+    environ: Any = None, model_and_tokenizer: tuple[Any, Any] | Callable[[], tuple[Any, Any]] | None = None,
 ) -> Path:
     """Generate the missing explanations of one method/split; returns the output file.
 
-    `model_and_tokenizer` lets a caller reuse an already-loaded model (e.g. several aspects).
+    `model_and_tokenizer` lets a caller reuse an already-loaded model (e.g. several aspects
+    or splits), or a function that loads it on first use (see `main`).
     """
     if task_type not in EXPLAIN_TASK_TYPES:
         raise ConfigError(f"--task_type must be one of {', '.join(EXPLAIN_TASK_TYPES)}, got {task_type!r}")
@@ -210,15 +214,13 @@ def run(
 
 def _run_model(
     cfg: Config, task_type: str, todo: list[dict], app: JsonlAppender, split: str, ctx: _Context, aspect: str,
-    model_and_tokenizer: tuple[Any, Any] | None,
+    model_and_tokenizer: tuple[Any, Any] | Callable[[], tuple[Any, Any]] | None,
 ) -> None:
     from src.generation import explanation_kwargs, generate_texts
 
     if model_and_tokenizer is None:
-        from src.model import load_trained
-
-        model_and_tokenizer = load_trained(cfg, task_type, device=resolve_device("auto"))
-    model, tokenizer = model_and_tokenizer
+        model_and_tokenizer = load_model(cfg, task_type)
+    model, tokenizer = model_and_tokenizer() if callable(model_and_tokenizer) else model_and_tokenizer
 
     def write(recs: list[dict], outs: list[list[str]]) -> None:
         for rec, texts in zip(recs, outs):
@@ -229,6 +231,23 @@ def _run_model(
         num_return_sequences=1, batch_size=cfg.explain.batch_size, on_batch=write,
         desc=f"explain {task_type}/{split}", **explanation_kwargs(cfg),
     )
+
+
+def load_model(cfg: Config, task_type: str) -> tuple[Any, Any]:
+    """The method's (model, tokenizer) (torch is imported only here)."""
+    from src.model import load_trained
+
+    return load_trained(cfg, task_type, device=resolve_device("auto"))
+
+
+def parse_splits(value: str) -> list[str]:
+    """`--split` value: one prompt split or several, comma-separated, each known, none twice."""
+    splits = [s.strip() for s in value.split(",") if s.strip()]
+    bad = [s for s in splits if s not in SPLITS]
+    if not splits or bad or len(set(splits)) < len(splits):
+        raise argparse.ArgumentTypeError(
+            f"--split: expected one or more of {', '.join(SPLITS)} (comma-separated, each once), got {value!r}")
+    return splits
 
 
 def _run_api(
@@ -258,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     add_config_args(parser)
     parser.add_argument("--task_type", required=True, choices=EXPLAIN_TASK_TYPES,
                         help="behaviour|intention|both (RecExplainer-B/I/H), none (base LLM), chatgpt (API model)")
-    parser.add_argument("--split", default="valid", choices=SPLITS, help="prompt split (default: %(default)s)")
+    parser.add_argument("--split", default=["valid"], type=parse_splits, metavar="SPLIT[,SPLIT...]",
+                        help=f"prompt split(s): {', '.join(SPLITS)}, several comma-separated (default: valid)")
     parser.add_argument("--aspect", default=None, help="controllable explanation: the perspective to explain from (default: explain.aspect)")
     parser.add_argument("--data_names", default="", help="accepted for compatibility with the original scripts; the file is explan_<task_type>_<split>")
     parser.add_argument("--inference_mode", default="case study", help="accepted for compatibility (only 'case study' exists)")
@@ -267,7 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         cfg = config_from_args(args)
         aspect = cfg.explain.aspect if args.aspect is None else args.aspect
-        run(cfg, args.task_type, args.split, aspect=aspect.strip(), force=args.force)
+        # loaded on the first split with work to do, then shared by the others
+        loaded = functools.cache(functools.partial(load_model, cfg, args.task_type))
+        for split in args.split:
+            run(cfg, args.task_type, split, aspect=aspect.strip(), force=args.force, model_and_tokenizer=loaded)
 
     return run_stage(body)
 

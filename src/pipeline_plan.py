@@ -29,7 +29,8 @@ def api_available(cfg: Config) -> bool:
 
 
 def plan(cfg: Config, api: bool | None = None) -> dict[str, list[str]]:
-    """Stages to run: train types, alignment runs (method:mode[:flag]), explanation runs."""
+    """Stages to run: train types, alignment runs (method:mode,mode,...[:flag]), explanation
+    runs (method:split,split,...)."""
     p = cfg.pipeline
     for key, values, known in (
         ("pipeline.train_types", p.train_types, KNOWN_TRAIN),
@@ -52,20 +53,23 @@ def plan(cfg: Config, api: bool | None = None) -> dict[str, list[str]]:
             return False
         return True
 
+    # one run (one process, one model load) per method: its modes / splits comma-separated
     align: list[str] = []
     for method in p.align_methods:
         if not runnable(method):
             continue
-        for mode in p.align_modes:
-            if mode == "uid2hist" and method not in EMBEDDING_METHODS:
-                continue  # N/A in Table 1: no user embedding to reconstruct from
-            if method == "none_icl":
-                align.append(f"none:{mode}:icl")
-            elif method == "gpt4_icl":
-                align.append(f"gpt4:{mode}:icl")
-            else:
-                align.append(f"{method}:{mode}")
-    explain = [f"{m}:{s}" for m in p.explain_methods if runnable(m) for s in p.explain_splits]
+        # uid2hist is N/A in Table 1 without a user embedding to reconstruct from
+        modes = ",".join(m for m in p.align_modes if m != "uid2hist" or method in EMBEDDING_METHODS)
+        if not modes:
+            continue
+        if method == "none_icl":
+            align.append(f"none:{modes}:icl")
+        elif method == "gpt4_icl":
+            align.append(f"gpt4:{modes}:icl")
+        else:
+            align.append(f"{method}:{modes}")
+    splits = ",".join(p.explain_splits)
+    explain = [f"{m}:{splits}" for m in p.explain_methods if runnable(m)] if splits else []
     return {"TRAIN_TYPES": list(p.train_types), "ALIGN_RUNS": align, "EXPLAIN_RUNS": explain}
 
 

@@ -558,11 +558,14 @@ def close_process_group() -> None:
 
     WHY: a gloo group left to interpreter shutdown can abort a rank with SIGABRT
     ("terminate called without an active exception") after the model is saved, and the
-    launcher then reports the whole run as failed. A no-op in a single-process run.
+    launcher then reports the whole run as failed. The barrier first: a rank with nothing to
+    save (rank 1) otherwise reached the teardown while rank 0 was still writing the model, and
+    aborted the same way (seen in the two-process test). A no-op in a single-process run.
     """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

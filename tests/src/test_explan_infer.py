@@ -194,3 +194,24 @@ def test_explanation_kwargs_pass_only_what_differs_from_hf_defaults(tmp_path):
     assert explanation_kwargs(cpu) == {"min_new_tokens": 3, "repetition_penalty": 1.2, "no_repeat_ngram_size": 3}
     with pytest.raises(ConfigError, match="repetition_penalty must be > 0"):
         explanation_kwargs(tiny_cfg(tmp_path, "explain.repetition_penalty=0"))
+
+
+def test_several_splits_in_one_process_load_the_model_once(tmp_path, monkeypatch, capsys):
+    cfg = tiny_cfg(tmp_path, "explain.max_new_tokens=4", "explain.batch_size=4", "explain.max_samples=2")
+    recs = make_fixture(cfg)
+    (cfg.tasks_dir / "explan_none_train.json").write_text(
+        json.dumps([{**r, "id": r["id"].replace("valid", "train")} for r in recs]))
+    from src.model import load_trained
+
+    calls = []
+    monkeypatch.setattr(infer_explan, "load_model",
+                        lambda c, t: calls.append(t) or load_trained(c, t, device="cpu"))
+    base = ["--config", "configs/tiny.yaml", "--set", f"paths.root={cfg.root}", "--set", "explain.max_new_tokens=4",
+            "--set", "explain.batch_size=4", "--set", "explain.max_samples=2", "--task_type", "none"]
+    assert infer_explan.main(base + ["--split", "valid,train"]) == 0
+    assert calls == ["none"]
+    assert all(len(read_jsonl(cfg.explain_dir / f"none_{s}.jsonl")) == 2 for s in ("valid", "train"))
+    assert infer_explan.main(base + ["--split", "valid,train"]) == 0 and calls == ["none"]  # all present
+    with pytest.raises(SystemExit):
+        infer_explan.main(base + ["--split", "valid,bogus"])
+    assert "--split: expected one or more of valid, train, test" in capsys.readouterr().err

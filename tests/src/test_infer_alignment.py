@@ -243,3 +243,41 @@ def test_sample_caps_per_mode(tmp_path):
     bad = setup_eval_root(tmp_path / "bad", "eval.max_samples_per_mode={uid2nxt: 2}")
     with pytest.raises(ia.ConfigError, match="uid2nxt"):
         load_eval_records(bad, "intention", "uid2next", "valid")
+
+
+def test_icl_cap_is_a_subset_of_the_common_sample_and_icl_constrained_is_its_own_switch(tmp_path, loaded):
+    cfg = setup_eval_root(tmp_path, "eval.max_samples_per_mode={uidiid2rank: 10}", "eval.icl_max_samples=4",
+                          "eval.icl_constrained=false", "eval.constrained_modes=[uidiid2rank]")
+    common = [r["id"] for r in load_eval_records(cfg, "none", "uidiid2rank", "valid")]
+    icl = [r["id"] for r in load_eval_records(cfg, "none", "uidiid2rank", "valid", icl=True)]
+    assert len(common) == 10 and len(icl) == 4 and set(icl) < set(common)  # same records, fewer
+    assert icl == [r["id"] for r in load_eval_records(cfg, "none", "uidiid2rank", "valid", icl=True)]  # seeded
+    m = evaluate(cfg, "none", "uidiid2rank", icl=True, loaded=loaded)
+    assert m["n"] == 4 and "constrained" not in m and m["settings"]["icl_max_samples"] == 4
+    plain = evaluate(cfg, "none", "uidiid2rank", loaded=loaded)
+    assert plain["n"] == 10 and "constrained" in plain  # the other methods keep theirs
+    # the ICL keys are not in a plain method's fingerprint: changing them keeps its cell current
+    moved = setup_eval_root(tmp_path, "eval.max_samples_per_mode={uidiid2rank: 10}", "eval.icl_max_samples=0",
+                            "eval.icl_constrained=true", "eval.constrained_modes=[uidiid2rank]")
+    assert evaluate(moved, "none", "uidiid2rank", loaded=lambda: pytest.fail("a current cell loads no model")) == plain
+    # for the ICL method the cap re-measures from its rows (the 4 are reused), with the constrained run
+    again = evaluate(moved, "none", "uidiid2rank", icl=True, loaded=loaded)
+    assert again["n"] == 10 and again["constrained"]["n"] == 10
+
+
+def test_several_modes_in_one_process_load_the_model_once(tmp_path, loaded, monkeypatch, capsys):
+    cfg = setup_eval_root(tmp_path)
+    calls = []
+    monkeypatch.setattr(ia, "load_model", lambda c, t: calls.append(t) or loaded)
+    base = ["--config", "configs/tiny.yaml", "--set", f"paths.root={cfg.root}", "--task_type", "intention"]
+    assert main(base + ["--inference_mode", "uidiid2binary,uid2hist", "--no-constrained"]) == 0
+    assert calls == ["intention"]
+    for mode in ("uidiid2binary", "uid2hist"):
+        assert output_paths(cfg, "intention", mode, "valid")["metrics"].is_file()
+    # all present: nothing is loaded
+    assert main(base + ["--inference_mode", "uidiid2binary,uid2hist", "--no-constrained"]) == 0
+    assert calls == ["intention"]
+    for bad, why in (("uid2next,bogus", "unknown inference mode 'bogus'"), ("uid2hist,uid2hist", "named twice")):
+        with pytest.raises(SystemExit):
+            main(base + ["--inference_mode", bad])
+        assert why in capsys.readouterr().err
