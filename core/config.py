@@ -315,6 +315,11 @@ class EvalConfig:
     #: uid2next: beams restricted to catalogue titles; uidiid2rank: the answer restricted to
     #: an order of the record's own candidates (so ranking is scored apart from spelling)
     constrained_modes: list[str] = field(default_factory=lambda: ["uid2next", "uidiid2rank"])
+    #: task 2 also ranked pointwise (its own "(pointwise)" row of Table 1): each candidate asked
+    #: as a task-3 question, ordered by the model's logp(Yes) - logp(No). Measures whether the
+    #: model knows the recommender's order when it cannot yet write it as a list. Local
+    #: models only (an API gives no log-probabilities), not the ICL baselines
+    pointwise_rank: bool = True
     #: titles an API model (gpt4 / GPT4-ICL) is asked for on uid2next, scored as a ranked
     #: list for HR@5 / NDCG@5 (paper 3.1.1: K = 5; 1 = one guess, no extra instruction)
     api_uid2next_k: int = 5

@@ -255,13 +255,15 @@ MODEL_STAMP = "stamp.json"
 
 
 def eval_paths(cfg: Config, method: str, mode: str, split: str) -> dict[str, Path]:
-    """src.infer_alignment's outputs: rows, title-constrained rows, metrics (valid at the top, test below)."""
+    """src.infer_alignment's outputs: rows, title-constrained rows, pointwise-ranking rows, metrics
+    (valid at the top, test below)."""
     base = cfg.eval_dir / method
     if split != "valid":
         base = base / split
     return {
         "rows": base / f"{mode}.jsonl",
         "constrained_rows": base / f"{mode}.constrained.jsonl",
+        "pointwise_rows": base / f"{mode}.pointwise.jsonl",
         "metrics": base / f"{mode}.metrics.json",
     }
 

@@ -116,6 +116,14 @@ def differences(old: dict[str, Any], new: dict[str, Any], limit: int = 6) -> lis
     return out
 
 
+def changed_setting(change: str) -> str | None:
+    """The setting a line of :func:`differences` is about (None for an input or a "... more")."""
+    for prefix in ("setting ", "input ", "... "):
+        if change.startswith(prefix):
+            return change.split()[1] if prefix == "setting " else None
+    return change.split(":", 1)[0]
+
+
 def _short(value: Any) -> str:
     text = json.dumps(value, ensure_ascii=False, sort_keys=True)
     return text if len(text) <= 60 else text[:57] + "..."

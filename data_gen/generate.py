@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence, TypeVar
 
 from tqdm import tqdm
 
+from core.registry import FORMS
 from data_gen import templates as T
 from data_gen.inputs import TopRow
 
@@ -205,6 +206,34 @@ def user_samples(
         else:
             out[t] = cap(out[t], per_task_cap, derived_rng(seed, split, t, "cap"))
     return out
+
+
+def pointwise_records(rank: dict, titles: Sequence[str], max_hist_len: int, seed: int) -> list[dict]:
+    """One task-3 question per candidate of a task-2 record, in that record's form.
+
+    Why: a small LLM may know which candidate the recommender puts first (its Yes/No margin
+    on task 3 orders them) long before it can write the whole ordered list of titles; scoring
+    the candidates one by one (src.infer_alignment, ``eval.pointwise_rank``) measures the
+    ranking apart from the listwise answer. The history shown is the one the task-2 prompt
+    showed; every candidate of a record gets the same (seeded) template, so their margins
+    differ only by the item.
+    """
+    rid = rank.get("id", "?")
+    cands = [int(c) for c in rank.get("candidates") or []]
+    if not cands:
+        raise ValueError(f"task record {rid}: no 'candidates' to score one by one")
+    form = rank.get("form")
+    if form not in FORMS:
+        raise ValueError(f"task record {rid}: 'form' must be one of {', '.join(FORMS)} (data_gen writes it), got {form!r}")
+    history = tuple(int(i) for i in rank.get("history") or [])
+    shown = history[-max_hist_len:] if max_hist_len > 0 else history
+    template = T.UIDIID2BINARY[derived_rng(seed, rid, "pointwise").randrange(len(T.UIDIID2BINARY))]
+    renderer = Renderer(titles)
+    return [
+        renderer.record(Sample("uidiid2binary", template, "", uid=int(rank.get("uid", 0)), iid=c, history=history,
+                               shown=shown, items=(c,)), form, f"{rid}:{c}")
+        for c in cands
+    ]
 
 
 def per_user_cap(rows: list[TopRow], n: int) -> list[TopRow]:

@@ -13,7 +13,7 @@ type (``iid2sim``), several joined by ``+`` (``uid2hist+uid2summary``), or a pap
 
 Each variant, full included, is then evaluated by src.infer_alignment on the Table 1
 modes (default: pipeline.align_modes that the valid file has; free decoding, no
-title-constrained pass) into ``eval/ablation/<variant>/``, and the figure is written:
+title-constrained or pointwise pass) into ``eval/ablation/<variant>/``, and the figure is written:
 ``tables/figure7.{csv,md}`` (one row per variant, one column per metric) and
 ``tables/figure7.png`` (one group of bars per metric, one bar per variant).
 
@@ -216,7 +216,7 @@ def evaluate_variant(cfg: Config, task_type: str, v: Variant, modes: list[str], 
     out: dict[str, dict] = {}
     for mode in modes:
         # modes already measured skip inside evaluate() before touching the model
-        m = evaluate(cfg, task_type, mode, constrained=False, loaded=loaded if mode in todo else None, method=method)
+        m = evaluate(cfg, task_type, mode, constrained=False, pointwise=False, loaded=loaded if mode in todo else None, method=method)
         if m is None:
             raise StageError(f"{v.name} {mode}: evaluation returned nothing")
         out[mode] = m

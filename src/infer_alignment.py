@@ -3,7 +3,7 @@
     python -m src.infer_alignment --config configs/ml100k.yaml \
         --task_type behaviour|intention|both|none|gpt4 \
         --inference_mode uid2next|uidiid2rank|uidiid2binary|uid2hist|iid2title[,MODE...] \
-        [--icl] [--constrained | --no-constrained] [--split valid|test] [--force]
+        [--icl] [--constrained | --no-constrained] [--pointwise | --no-pointwise] [--split valid|test] [--force]
 
 Several modes, comma-separated, run in one process and load the model once (the pipeline
 runs each method's modes this way; a model load and the imports cost ~5 s per process here).
@@ -18,7 +18,11 @@ whose ``type`` is the inference mode, and writes under ``eval/<method>/``:
   ``eval.constrained_modes`` with ``eval.constrained``, a separate ``"constrained"`` block
   (its rows in ``<mode>.constrained.jsonl``) -- never replacing the free-decoding figures:
   uid2next beams restricted to catalogue titles, uidiid2rank answers restricted to an order
-  of the record's own candidates.
+  of the record's own candidates;
+* with ``eval.pointwise_rank``, for uidiid2rank a ``"pointwise"`` block (rows in
+  ``uidiid2rank.pointwise.jsonl``): each candidate asked as a task-3 question and the
+  candidates ordered by logp(Yes) - logp(No), scored with the same NDCG@5. It shows whether
+  the model knows the recommender's order when it cannot yet write the ordered list.
 
 Methods: ``none`` (base LLM), ``none_icl`` (base LLM with two seeded training examples of
 the same task as earlier chat turns), ``gpt4_icl`` (same prompts through the project's
@@ -45,7 +49,7 @@ from typing import Any, Callable
 from core.config import Config, ConfigError, add_config_args, config_from_args
 from core.metrics import compute_metrics, parse_ranked_titles
 from core.registry import ALIGN_TASK_TYPES, CONSTRAINABLE_MODES, LIST_MODES, MODE_METRICS, MODEL_STAMP, MODES, TRAIN_TYPES, eval_paths, task_file
-from core.stamps import embedded_changes, fingerprint, stale_error
+from core.stamps import changed_setting, embedded_changes, fingerprint, stale_error
 from core.utils import JsonlAppender, StageError, read_json, resolve_device, run_stage, set_seed, write_json
 
 log = logging.getLogger(__name__)
@@ -53,6 +57,8 @@ log = logging.getLogger(__name__)
 TASK_TYPES = ALIGN_TASK_TYPES
 #: the "Yes"/"No" mode: scored, not generated
 BINARY_MODE = "uidiid2binary"
+#: task 2, which eval.pointwise_rank also ranks candidate by candidate
+RANK_MODE = "uidiid2rank"
 #: how many API requests are sent between two writes of the rows file
 API_CHUNK = 32
 
@@ -243,6 +249,43 @@ def run_local(
         return _rows_for(app.rows, records, rows_path)
 
 
+def run_pointwise(cfg: Config, model: Any, tokenizer: Any, records: list[dict], rows_path: Path) -> list[dict]:
+    """Task 2 ranked pointwise: each record's candidates ordered by their task-3 Yes/No margin.
+
+    A row is the free row's shape (``generations``: the candidates' titles in that order, so
+    core.metrics scores it like a generated ranking) plus each candidate's margin
+    logp(Yes) - logp(No). Rows are appended per chunk of records, so a killed run resumes.
+    """
+    from tqdm.auto import tqdm
+
+    from data_gen.generate import pointwise_records
+    from data_gen.templates import join_titles
+    from preprocess.dataset import load_canonical
+    from src.generation import score_yes_no
+
+    titles = load_canonical(cfg).titles
+    chunk = max(1, cfg.eval.batch_size)
+    with JsonlAppender(rows_path) as app:
+        todo = _todo(app, records)
+        for lo in tqdm(range(0, len(todo), chunk), desc="uidiid2rank pointwise", unit="chunk", leave=False):
+            recs = todo[lo:lo + chunk]
+            try:
+                asks = [pointwise_records(r, titles, cfg.data_gen.max_hist_len, cfg.seed) for r in recs]
+            except (ValueError, IndexError) as e:
+                raise StageError(f"{rows_path.name}: {e}") from None
+            scored = score_yes_no(model, tokenizer, [q for qs in asks for q in qs], cfg, cfg.eval.batch_size,
+                                  desc="candidates yes/no")
+            k = 0
+            for rec, qs in zip(recs, asks):
+                margins = [o["logp_yes"] - o["logp_no"] for o in scored[k:k + len(qs)]]
+                k += len(qs)
+                order = sorted(range(len(qs)), key=lambda j: -margins[j])  # ties keep the prompt's order
+                app.append({**_base_row(rec), "candidates": [q["iid"] for q in qs],
+                            "margins": [round(m, 4) for m in margins],
+                            "generations": [join_titles([titles[qs[j]["iid"]] for j in order])]})
+        return _rows_for(app.rows, records, rows_path)
+
+
 def api_messages(rec: dict, instruction: str = "") -> list[dict[str, str]]:
     """The ICL conversation for the API: examples as earlier turns, then the question
     (with `instruction` appended to the final question only; the examples keep their
@@ -331,9 +374,13 @@ _NOT_MEASURING = ("eval.batch_size", "eval.device", "eval.icl_constrained")
 _ICL_KEYS = ("eval.icl_max_samples",)
 #: keys whose change re-measures from the rows there are: the sample keys only change which
 #: records are measured (rows are kept per record id); rows asked with another API question
-#: are dropped by run_api itself
+#: are dropped by run_api itself; switching the constrained / pointwise runs adds or drops
+#: their block and keeps the free rows
 _REMEASURED = ("eval.max_samples", "eval.max_samples_per_mode", "eval.sample_seed", "eval.icl_max_samples",
-               "eval.api_uid2next_k", "eval.api_uid2next_instruction")
+               "eval.api_uid2next_k", "eval.api_uid2next_instruction", "eval.pointwise_rank",
+               "eval.constrained", "eval.constrained_modes")
+#: eval keys of the pointwise task-2 ranking only (the cells it can add to: RANK_MODE, local, no ICL)
+_POINTWISE_KEYS = ("eval.pointwise_rank",)
 #: eval keys of the API model only
 _API_KEYS = ("eval.api_uid2next_k", "eval.api_uid2next_instruction")
 
@@ -344,6 +391,7 @@ def evaluate(
     mode: str,
     icl: bool = False,
     constrained: bool | None = None,
+    pointwise: bool | None = None,
     split: str = "valid",
     force: bool = False,
     loaded: tuple[Any, Any] | Callable[[], tuple[Any, Any]] | None = None,
@@ -372,6 +420,9 @@ def evaluate(
         raise ConfigError(f"eval.constrained_modes: {bad[0]!r} cannot be decoded under a constraint "
                           f"(constrainable: {', '.join(CONSTRAINABLE_MODES)})")
     constrained = constrained and mode in cfg.eval.constrained_modes and not use_api
+    if pointwise is None:
+        pointwise = cfg.eval.pointwise_rank
+    pointwise = pointwise and mode == RANK_MODE and not use_api and not icl
     method = method or method_name(task_type, icl)
     paths = eval_paths(cfg, method, mode, split)
 
@@ -381,15 +432,16 @@ def evaluate(
     if task_type in TRAIN_TYPES and method == method_name(task_type, icl):
         inputs.append(cfg.llm_dir / task_type / MODEL_STAMP)
     fp = fingerprint(cfg, ["eval", "llm.base_model", "llm.chat_format", "llm.max_length", "seed"], inputs,
-                     exclude=_NOT_MEASURING + (() if use_api else _API_KEYS) + (() if icl else _ICL_KEYS),
+                     exclude=_NOT_MEASURING + (() if use_api else _API_KEYS) + (() if icl else _ICL_KEYS)
+                     + (() if mode == RANK_MODE and not use_api and not icl else _POINTWISE_KEYS),
                      base=cfg.root)
     if force:
-        for key in ("rows", "constrained_rows", "metrics"):
+        for key in ("rows", "constrained_rows", "pointwise_rows", "metrics"):
             paths[key].unlink(missing_ok=True)
     elif paths["metrics"].is_file():
         done = read_json(paths["metrics"])
         changes = embedded_changes(paths["metrics"], done, fp)
-        if changes and all(c.split(":")[0] in _REMEASURED for c in changes):
+        if changes and all(changed_setting(c) in _REMEASURED for c in changes):
             log.info("%s: %s; measuring again (rows of records measured before are reused)", paths["metrics"],
                      "; ".join(changes))
         elif changes:
@@ -400,7 +452,8 @@ def evaluate(
             pass  # resampled: measured again below
         elif stale_api:
             log.info("%s was measured with another eval.api_uid2next_k; measuring again", paths["metrics"])
-        elif not constrained or isinstance(done.get("constrained"), dict):
+        elif all(not wanted or isinstance(done.get(block), dict)
+                 for block, wanted in (("constrained", constrained), ("pointwise", pointwise))):
             log.info("%s exists; skipping (use --force to redo)", paths["metrics"])
             return done
 
@@ -422,7 +475,7 @@ def evaluate(
 
     if use_api:
         rows = run_api(cfg, client, records, mode, paths["rows"])
-        crows = None
+        crows = prows = None
     else:
         if loaded is None:
             loaded = load_model(cfg, task_type)
@@ -432,6 +485,7 @@ def evaluate(
         if constrained:
             crows = run_local(cfg, model, tokenizer, records, mode, paths["constrained_rows"],
                               trie=constraint_for(cfg, tokenizer, mode))
+        prows = run_pointwise(cfg, model, tokenizer, records, paths["pointwise_rows"]) if pointwise else None
 
     metrics: dict[str, Any] = {
         "method": method, "task_type": task_type, "inference_mode": mode, "split": split, "icl": icl,
@@ -449,12 +503,16 @@ def evaluate(
     }
     if crows is not None:
         metrics["constrained"] = compute_metrics(mode, crows)
+    if prows is not None:
+        metrics["pointwise"] = compute_metrics(mode, prows)
     metrics["fingerprint"] = fp
     write_json(paths["metrics"], metrics)
-    shown = {k: round(v, 4) for k, v in metrics.items() if k in MODE_METRICS[mode]}
-    log.info("%s %s: %s (n=%d)%s", method, mode, json.dumps(shown), metrics["n"],
-             f"; constrained {json.dumps({k: round(v, 4) for k, v in metrics['constrained'].items() if k in MODE_METRICS[mode]})}"
-             if crows is not None else "")
+
+    def shown(d: dict) -> str:
+        return json.dumps({k: round(v, 4) for k, v in d.items() if k in MODE_METRICS[mode]})
+
+    log.info("%s %s: %s (n=%d)%s", method, mode, shown(metrics), metrics["n"],
+             "".join(f"; {block} {shown(metrics[block])}" for block in ("constrained", "pointwise") if block in metrics))
     return metrics
 
 
@@ -488,6 +546,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--constrained", action=argparse.BooleanOptionalAction, default=None,
                    help="also run constrained decoding for the modes of eval.constrained_modes "
                         "(default: eval.constrained, and for --icl eval.icl_constrained)")
+    p.add_argument("--pointwise", action=argparse.BooleanOptionalAction, default=None,
+                   help="also rank task 2 pointwise, by each candidate's task-3 Yes/No margin "
+                        "(default: eval.pointwise_rank; never for --icl or the API model)")
     p.add_argument("--split", choices=["valid", "test"], default="valid")
     return p
 
@@ -501,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
         loaded = functools.cache(functools.partial(load_model, cfg, args.task_type))
         for mode in args.inference_mode:
             evaluate(cfg, args.task_type, mode, icl=args.icl, constrained=args.constrained,
-                     split=args.split, force=args.force, loaded=loaded)
+                     pointwise=args.pointwise, split=args.split, force=args.force, loaded=loaded)
 
     return run_stage(body)
 

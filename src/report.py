@@ -13,7 +13,8 @@ Task1 H@5, N@5 / Task2 N@5 / Task3 ACC / Task6 HCR. A cell is
 
 Constrained decoding (task 1: catalogue titles; task 2: orders of the record's own
 candidates; ``eval.constrained_modes``) is shown on its own "(title-constrained)" row right
-below its method, never in place of the free-decoding figures.
+below its method, and task 2 ranked candidate by candidate (``eval.pointwise_rank``) on a
+"(pointwise)" row below that: never in place of the free-decoding figures.
 
 The table writer (:func:`core.tables.render_table` / :func:`core.tables.write_table`) is
 shared by every stage, so every table of the project has one format.
@@ -36,6 +37,10 @@ from core.tables import MISSING, NA, cell_of, metric_value, render_csv, write_ta
 from core.utils import StageError, read_json, run_stage, write_text
 
 log = logging.getLogger(__name__)
+
+#: the extra blocks a metrics file may carry, each shown on its own row below its method:
+#: (key in the metrics json, row suffix)
+VARIANT_ROWS = (("constrained", "title-constrained"), ("pointwise", "pointwise"))
 
 
 # --------------------------------------------------------------------------- table 1
@@ -75,8 +80,9 @@ def table1(
     commands: list[str] = []
     for m in TABLE1_METHODS:
         row: list[Any] = [method_label(m.name, cfg)]
-        constrained_row: list[Any] = [f"{method_label(m.name, cfg)} (title-constrained)"]
-        has_constrained = False
+        variant_rows: dict[str, list[Any]] = {key: [f"{method_label(m.name, cfg)} ({suffix})"]
+                                              for key, suffix in VARIANT_ROWS}
+        has_variant: set[str] = set()
         baseline = _read_optional(baseline_metrics_path(cfg, m.name)) if m.kind == "baseline" else None
         if baseline is not None and notes is not None:
             if baseline.get("note"):
@@ -94,8 +100,8 @@ def table1(
                     path = eval_metrics_path(cfg, m.name, col.mode, split)
                     d = _read_optional(path)
                 value = cell_of(d, col.metric)
-                cvalue = cell_of(d.get("constrained"), col.metric) if isinstance(d, dict) and isinstance(
-                    d.get("constrained"), dict) else None
+                vvalues = {key: cell_of(d[key], col.metric) if isinstance(d, dict) and isinstance(d.get(key), dict)
+                           else None for key, _ in VARIANT_ROWS}
             except StageError as e:
                 raise StageError(f"{path}: {e}") from None
             if value is not None:
@@ -107,12 +113,12 @@ def table1(
                 cmd = command_for(cfg, m, col.mode, split)
                 if cmd not in commands:
                     commands.append(cmd)
-            if cvalue is not None:
-                has_constrained = True
-            constrained_row.append(cvalue if cvalue is not None else "")
+            for key, v in vvalues.items():
+                if v is not None:
+                    has_variant.add(key)
+                variant_rows[key].append(v if v is not None else "")
         rows.append(row)
-        if has_constrained:
-            rows.append(constrained_row)
+        rows.extend(variant_rows[key] for key, _ in VARIANT_ROWS if key in has_variant)
     return rows, columns, commands
 
 
@@ -121,6 +127,10 @@ def report_table1(cfg: Config, split: str = "valid") -> str:
     rows, columns, commands = table1(cfg, split, remarks)
     notes = [f'"{NA}": the method cannot do that task; "{MISSING}": not run yet. '
              "Cells: value [95% interval] n=records (Wilson for 0/1 scores, Student-t for graded ones)."] + remarks
+    if any(str(r[0]).endswith("(pointwise)") for r in rows):
+        notes.append("(pointwise): task 2's candidates asked one by one as task-3 questions and ordered by the "
+                     "model's logp(Yes) - logp(No) (eval.pointwise_rank); the free row is the paper's protocol "
+                     "(the model writes the ordered list).")
     if commands:
         notes += ["", "Commands that produce the missing cells:", ""] + [f"    {c}" for c in commands]
     title = (f"Table 1. Alignment to the target recommender ({cfg.dataset.name}; "

@@ -58,7 +58,7 @@ def make_records(seqs: dict[int, list[int]], form: str, split: str, seed: int = 
         top = rng.randint(1, N_ITEMS)
         cands = rng.sample(range(1, N_ITEMS + 1), 5)
         pos = rng.randint(1, N_ITEMS)
-        base = {"uid": u, "history": hist, "candidates": []}
+        base = {"uid": u, "history": hist, "candidates": [], "form": "behaviour" if form == "text" else "intention"}
         out.append({**base, "id": f"{split}-{form}-next-{u}", "type": "uid2next", "iid": top, "iids_in_question": [],
                     "question": f"Given the user purchase history: {hist_txt} , generate the next most likely clicked item title.",
                     "answer": TITLES[top - 1]})

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from core.stamps import current, differences, fingerprint, settings_of
+from core.stamps import changed_setting, current, differences, fingerprint, settings_of
 from core.utils import StageError
 from preprocess.build import preprocess
 from tests.fixtures_preprocess import make_cfg as pre_cfg
@@ -30,6 +30,11 @@ def test_settings_sections_exclusions_and_readable_differences(tmp_path):
                       base=tmp_path)
     assert differences(old, new) == [f"recmodel.hidden_size: {cfg.recmodel.hidden_size} -> 8",
                                      "input in.txt changed since these outputs were made"]
+    # which setting each line is about (src.infer_alignment re-measures for some of them)
+    assert [changed_setting(c) for c in differences(old, new)] == ["recmodel.hidden_size", None]
+    assert changed_setting("setting eval.pointwise_rank is new (true)") == "eval.pointwise_rank"
+    assert changed_setting("setting eval.x is no longer used") == "eval.x"
+    assert changed_setting("... and 3 more") is None
 
 
 def test_current_records_keeps_and_refuses(tmp_path):

@@ -145,6 +145,38 @@ def test_task2_order_is_model_order_and_prompt_is_permutation(gen):
         assert shuffled > len(recs) // 2  # prompts are not given in the answer's order
 
 
+def test_pointwise_questions_are_task3_questions_per_candidate_in_the_record_form(gen):
+    from data_gen.generate import pointwise_records
+
+    root, fx, cfg, _ = gen
+    titles = fx["titles"]
+    n = cfg.data_gen.max_hist_len
+    for name in ("behaviour_valid", "intention_valid", "both_valid"):
+        for r in [r for r in load(root, name) if r["type"] == "uidiid2rank"][:6]:
+            qs = pointwise_records(r, titles, n, 7)
+            assert [q["iid"] for q in qs] == r["candidates"] and all(q["type"] == "uidiid2binary" for q in qs)
+            assert all(q["form"] == r["form"] and q["history"] == r["history"] for q in qs)
+            # one template per record: the questions differ only by the item
+            assert len({q["question"].replace(titles[q["iid"]], "").replace("<item>", "") for q in qs}) == 1
+            for q in qs:
+                shown = "; ".join(titles[i] for i in r["history"][-n:])
+                if r["form"] == "behaviour":
+                    assert q["iids_in_question"] == [] and "<" not in q["question"]
+                    assert shown in q["question"] and titles[q["iid"]] in q["question"]
+                elif r["form"] == "intention":
+                    assert q["iids_in_question"] == [q["iid"]] and titles[q["iid"]] not in q["question"]
+                    assert q["question"].count("<user>") == 1 and q["question"].count("<item>") == 1
+                else:
+                    assert q["iids_in_question"] == [q["iid"]]
+                    assert f"<user> {shown}" in q["question"] and f"<item> {titles[q['iid']]}" in q["question"]
+            assert [q["question"] for q in pointwise_records(r, titles, n, 7)] == [q["question"] for q in qs]
+    rec = [r for r in load(root, "both_valid") if r["type"] == "uidiid2rank"][0]
+    with pytest.raises(ValueError, match="no 'candidates'"):
+        pointwise_records({**rec, "candidates": []}, titles, n, 7)
+    with pytest.raises(ValueError, match=f"{rec['id']}: 'form' must be one of"):
+        pointwise_records({k: v for k, v in rec.items() if k != "form"}, titles, n, 7)
+
+
 def test_task3_labels_follow_cut_rules(gen):
     root, fx, _, _ = gen
     for name, split in (("behaviour_train", "train"), ("intention_test", "test"), ("both_valid", "test")):

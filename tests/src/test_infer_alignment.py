@@ -55,6 +55,61 @@ def test_uidiid2rank_constrained_block_ranks_the_candidates_and_modes_are_checke
         evaluate(bad, "intention", "uidiid2binary", loaded=loaded)
 
 
+def test_uidiid2rank_pointwise_block_orders_candidates_by_their_yes_no_margin(tmp_path, loaded):
+    from core.metrics import compute_metrics, split_titles
+    from data_gen.generate import pointwise_records
+    from src.generation import score_yes_no
+
+    cfg = setup_eval_root(tmp_path, "eval.constrained=false", "eval.pointwise_rank=true")
+    m = evaluate(cfg, "intention", "uidiid2rank", loaded=loaded)
+    paths = output_paths(cfg, "intention", "uidiid2rank", "valid")
+    assert "constrained" not in m and not paths["constrained_rows"].exists()
+    prows = read_jsonl(paths["pointwise_rows"])
+    recs = {r["id"]: r for r in load_eval_records(cfg, "intention", "uidiid2rank", "valid")}
+    assert len(prows) == m["pointwise"]["n"] == len(recs) == 12
+    assert m["pointwise"]["ndcg@5"] == pytest.approx(compute_metrics("uidiid2rank", prows)["ndcg@5"])
+    model, tok = loaded
+    for row in prows[:3]:
+        rec = recs[row["id"]]
+        assert row["candidates"] == rec["candidates"] and len(row["margins"]) == 5
+        # the margins are the model's own Yes/No scores of the per-candidate task-3 questions
+        qs = pointwise_records(rec, [""] + TITLES, cfg.data_gen.max_hist_len, cfg.seed)
+        want = [o["logp_yes"] - o["logp_no"] for o in score_yes_no(model, tok, qs, cfg)]
+        assert row["margins"] == pytest.approx(want, abs=1e-3)
+        ranked = split_titles(row["generations"][0])
+        assert ranked == [TITLES[rec["candidates"][j] - 1] for j in sorted(range(5), key=lambda j: -want[j])]
+    # not for the ICL baseline, nor for other modes
+    assert "pointwise" not in evaluate(cfg, "none", "uidiid2rank", icl=True, loaded=loaded)
+    assert "pointwise" not in evaluate(cfg, "intention", "uid2next", loaded=loaded)
+
+
+def test_switching_the_pointwise_and_constrained_runs_keeps_the_free_rows(tmp_path, loaded, monkeypatch):
+    import src.generation as gen
+
+    cfg = setup_eval_root(tmp_path, "eval.constrained=false", "eval.pointwise_rank=false")
+    first = evaluate(cfg, "intention", "uidiid2rank", loaded=loaded)
+    other = evaluate(cfg, "intention", "uid2next", loaded=loaded)
+    assert "pointwise" not in first and "constrained" not in first
+
+    def no_generation(*a, **k):
+        raise AssertionError("the free rows should have been reused")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(gen, "generate_texts", no_generation)
+        on = setup_eval_root(tmp_path, "eval.constrained=false", "eval.pointwise_rank=true")
+        m = evaluate(on, "intention", "uidiid2rank", loaded=loaded)  # no stale error: the block is added
+        assert m["ndcg@5"] == first["ndcg@5"] and m["pointwise"]["n"] == 12
+        # uid2next does not depend on eval.pointwise_rank: it skips without loading any model
+        assert evaluate(on, "intention", "uid2next", loaded=None) == json.loads(
+            output_paths(cfg, "intention", "uid2next", "valid")["metrics"].read_text()) and other["n"] == 12
+    both = evaluate(setup_eval_root(tmp_path, "eval.constrained=true", "eval.pointwise_rank=true"),
+                    "intention", "uidiid2rank", loaded=loaded)
+    assert both["constrained"]["n"] == 12 and both["pointwise"] == m["pointwise"]
+    off = evaluate(setup_eval_root(tmp_path, "eval.constrained=false", "eval.pointwise_rank=false"),
+                   "intention", "uidiid2rank", loaded=loaded)
+    assert "pointwise" not in off and "constrained" not in off and off["ndcg@5"] == first["ndcg@5"]
+
+
 def test_resume_after_interruption_gives_the_same_metrics(tmp_path, loaded, monkeypatch):
     ref_cfg = setup_eval_root(tmp_path / "ref")
     ref = evaluate(ref_cfg, "intention", "uidiid2rank", loaded=loaded)

@@ -26,6 +26,7 @@ def _write_some_metrics(cfg):
                {"hr@5": 0.8, "ndcg@5": 0.7, "n": 10, "constrained": {"hr@5": 0.9, "ndcg@5": 0.75, "n": 10}})
     write_json(ev / "both" / "uid2hist.metrics.json", {"hcr": 0.1325, "n": 10})
     write_json(ev / "none" / "uidiid2binary.metrics.json", {"acc": 0.5026, "n": 10})
+    write_json(ev / "none" / "uidiid2rank.metrics.json", {"ndcg@5": 0.02, "n": 10, "pointwise": {"ndcg@5": 0.61, "n": 10}})
 
 
 def test_table1_numbers_na_and_missing(tmp_path):
@@ -34,12 +35,13 @@ def test_table1_numbers_na_and_missing(tmp_path):
     rows, columns, commands = table1(cfg)
     assert columns == ["Method", "Task1 H@5", "Task1 N@5", "Task2 N@5", "Task3 ACC", "Task6 HCR"]
     by = {r[0]: [c.value if isinstance(c, Cell) else c for c in r[1:]] for r in rows}
-    assert list(by) == ["Random", "Popularity", "SmolLM2-135M", "SmolLM2-135M-ICL", "GPT4-ICL", "KD-SASRec",
-                        "RecExplainer-B", "RecExplainer-I", "RecExplainer-H",
+    assert list(by) == ["Random", "Popularity", "SmolLM2-135M", "SmolLM2-135M (pointwise)", "SmolLM2-135M-ICL",
+                        "GPT4-ICL", "KD-SASRec", "RecExplainer-B", "RecExplainer-I", "RecExplainer-H",
                         "RecExplainer-H (title-constrained)"]
     assert by["Random"] == [0.0023, 0.0015, 0.6153, 0.503, "N/A"]
     assert by["Popularity"] == [0.0077, 0.0047, 0.6683, "N/A", "N/A"]  # cannot classify
-    assert by["SmolLM2-135M"] == ["-", "-", "-", 0.5026, "N/A"]
+    assert by["SmolLM2-135M"] == ["-", "-", 0.02, 0.5026, "N/A"]
+    assert by["SmolLM2-135M (pointwise)"] == ["", "", 0.61, "", ""]
     assert by["KD-SASRec"] == ["-", "-", "-", "-", "N/A"]
     assert by["RecExplainer-B"][-1] == "N/A" and by["RecExplainer-I"][-1] == "-"
     assert by["RecExplainer-H"] == [0.8, 0.7, "-", "-", 0.1325]
@@ -71,6 +73,7 @@ def test_report_cli_writes_markdown_and_csv(tmp_path, capsys):
     assert "| Method | MSE |" in capsys.readouterr().out
     assert "| RecExplainer-H " in md and "0.1325" in md and "N/A" in md
     assert "Commands that produce the missing cells" in md
+    assert "| SmolLM2-135M (pointwise) " in md and "(pointwise): task 2's candidates asked one by one" in md
     with open(cfg.tables_dir / "table1.csv") as f:
         rows = list(csv.reader(f))
     head = rows[0]
