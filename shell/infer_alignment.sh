@@ -2,7 +2,7 @@
 # Alignment evaluation (Table 1): one method on one inference mode, or on all of them.
 # usage: bash shell/infer_alignment.sh [configs/X.yaml] --task_type behaviour|intention|both|none|gpt4
 #            [--inference_mode uid2next|uidiid2rank|uidiid2binary|uid2hist|iid2title[,MODE...]]
-#            [--icl] [--constrained|--no-constrained] [--split valid|test] [--force] [--set key=value ...]
+#            [--icl] [--constrained|--no-constrained] [--pointwise|--no-pointwise] [--split valid|test] [--force] [--set key=value ...]
 # Without --inference_mode, runs the four Table 1 tasks (uid2hist only for intention/both),
 # in one process (the model is loaded once).
 # Then: python -m src.report --config X.yaml prints Table 1.
