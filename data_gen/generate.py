@@ -224,7 +224,8 @@ def pointwise_records(rank: dict, titles: Sequence[str], max_hist_len: int, seed
         raise ValueError(f"task record {rid}: no 'candidates' to score one by one")
     form = rank.get("form")
     if form not in FORMS:
-        raise ValueError(f"task record {rid}: 'form' must be one of {', '.join(FORMS)} (data_gen writes it), got {form!r}")
+        raise ValueError(f"task record {rid}: 'form' must be one of {', '.join(FORMS)} (data_gen writes it), "
+                         f"got {form!r}")
     history = tuple(int(i) for i in rank.get("history") or [])
     shown = history[-max_hist_len:] if max_hist_len > 0 else history
     template = T.UIDIID2BINARY[derived_rng(seed, rid, "pointwise").randrange(len(T.UIDIID2BINARY))]

@@ -216,7 +216,8 @@ def evaluate_variant(cfg: Config, task_type: str, v: Variant, modes: list[str], 
     out: dict[str, dict] = {}
     for mode in modes:
         # modes already measured skip inside evaluate() before touching the model
-        m = evaluate(cfg, task_type, mode, constrained=False, pointwise=False, loaded=loaded if mode in todo else None, method=method)
+        m = evaluate(cfg, task_type, mode, constrained=False, pointwise=False,
+                     loaded=loaded if mode in todo else None, method=method)
         if m is None:
             raise StageError(f"{v.name} {mode}: evaluation returned nothing")
         out[mode] = m

@@ -512,7 +512,8 @@ def evaluate(
         return json.dumps({k: round(v, 4) for k, v in d.items() if k in MODE_METRICS[mode]})
 
     log.info("%s %s: %s (n=%d)%s", method, mode, shown(metrics), metrics["n"],
-             "".join(f"; {block} {shown(metrics[block])}" for block in ("constrained", "pointwise") if block in metrics))
+             "".join(f"; {block} {shown(metrics[block])}" for block in ("constrained", "pointwise")
+                     if block in metrics))
     return metrics
 
 
