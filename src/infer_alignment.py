@@ -420,9 +420,11 @@ def evaluate(
         raise ConfigError(f"eval.constrained_modes: {bad[0]!r} cannot be decoded under a constraint "
                           f"(constrainable: {', '.join(CONSTRAINABLE_MODES)})")
     constrained = constrained and mode in cfg.eval.constrained_modes and not use_api
-    if pointwise is None:
-        pointwise = cfg.eval.pointwise_rank
-    pointwise = pointwise and mode == RANK_MODE and not use_api and not icl
+    # the cells a pointwise ranking can exist for: task 2 of a local model, no ICL examples
+    pointwise_applies = mode == RANK_MODE and not use_api and not icl
+    pointwise = (cfg.eval.pointwise_rank if pointwise is None else pointwise) and pointwise_applies
+    # the extra blocks of this cell's metrics: name -> wanted
+    blocks = {"constrained": constrained, "pointwise": pointwise}
     method = method or method_name(task_type, icl)
     paths = eval_paths(cfg, method, mode, split)
 
@@ -433,7 +435,7 @@ def evaluate(
         inputs.append(cfg.llm_dir / task_type / MODEL_STAMP)
     fp = fingerprint(cfg, ["eval", "llm.base_model", "llm.chat_format", "llm.max_length", "seed"], inputs,
                      exclude=_NOT_MEASURING + (() if use_api else _API_KEYS) + (() if icl else _ICL_KEYS)
-                     + (() if mode == RANK_MODE and not use_api and not icl else _POINTWISE_KEYS),
+                     + (() if pointwise_applies else _POINTWISE_KEYS),
                      base=cfg.root)
     if force:
         for key in ("rows", "constrained_rows", "pointwise_rows", "metrics"):
@@ -452,8 +454,7 @@ def evaluate(
             pass  # resampled: measured again below
         elif stale_api:
             log.info("%s was measured with another eval.api_uid2next_k; measuring again", paths["metrics"])
-        elif all(not wanted or isinstance(done.get(block), dict)
-                 for block, wanted in (("constrained", constrained), ("pointwise", pointwise))):
+        elif all(not wanted or isinstance(done.get(block), dict) for block, wanted in blocks.items()):
             log.info("%s exists; skipping (use --force to redo)", paths["metrics"])
             return done
 
@@ -512,8 +513,7 @@ def evaluate(
         return json.dumps({k: round(v, 4) for k, v in d.items() if k in MODE_METRICS[mode]})
 
     log.info("%s %s: %s (n=%d)%s", method, mode, shown(metrics), metrics["n"],
-             "".join(f"; {block} {shown(metrics[block])}" for block in ("constrained", "pointwise")
-                     if block in metrics))
+             "".join(f"; {block} {shown(metrics[block])}" for block in blocks if block in metrics))
     return metrics
 
 
