@@ -26,7 +26,6 @@ and the ceiling of what RecExplainer-B (titles only, no vectors) can take from i
 * popularity (logistic regression on log interaction count over the train parts): a catalogue
   fact Table 1's Popularity row uses and no training record states.
 
-
 WHY: the CPU run's RecExplainer-I/H sit at task-3 accuracy ~0.82-0.85 whatever the budget,
 LoRA rank or targets (README "How the CPU run aligns"); this separates "the vectors do not hold
 it" from "the LLM does not learn to use them". Reads the default run's outputs (recmodel,
@@ -60,15 +59,15 @@ def _features(enc, rows: list[dict]):
 
 def _identities(rows: list[dict], n_items: int, hist_len: int, history: bool):
     """One-hot candidate ids (+ mean one-hot of the shown history): what titles alone identify."""
-    from scipy.sparse import csr_matrix
+    from scipy.sparse import lil_matrix
 
-    r, c, v = [], [], []
+    x = lil_matrix((len(rows), 2 * (n_items + 1)))
     for k, row in enumerate(rows):
-        r.append(k), c.append(row["iid"]), v.append(1.0)
+        x[k, row["iid"]] = 1.0
         shown = row["history"][-hist_len:] if history else []
-        for h in shown:
-            r.append(k), c.append(n_items + 1 + h), v.append(1.0 / len(shown))
-    return csr_matrix((v, (r, c)), shape=(len(rows), 2 * (n_items + 1)))
+        for h in shown:  # history ids live in the second half of the columns
+            x[k, n_items + 1 + h] += 1.0 / len(shown)
+    return x.tocsr()
 
 
 def _llm_rows(eval_dir: Path, variant: str) -> list[dict]:
