@@ -17,15 +17,6 @@ scores (the valid split), beside the LLMs' accuracy and AUC read from `eval/<var
 * an MLP on [u, e_i] after 1, 2, 5, 10 passes over the records (batch 8, Adam 1e-3): how fast
   a generic learner finds the interaction from these records.
 
-and the ceiling of what RecExplainer-B (titles only, no vectors) can take from its records:
-
-* item identity (logistic regression on a one-hot of the candidate): a learner that memorises
-  every title it met in the training pairs and knows nothing else about the items;
-* item + history identities (the candidate's one-hot and the mean one-hot of the last
-  data_gen.max_hist_len history items, as the prompt shows them);
-* popularity (logistic regression on log interaction count over the train parts): a catalogue
-  fact Table 1's Popularity row uses and no training record states.
-
 WHY: the CPU run's RecExplainer-I/H sit at task-3 accuracy ~0.82-0.85 whatever the budget,
 LoRA rank or targets (README "How the CPU run aligns"); this separates "the vectors do not hold
 it" from "the LLM does not learn to use them". Reads the default run's outputs (recmodel,
@@ -57,19 +48,6 @@ def _features(enc, rows: list[dict]):
     return u, i, y
 
 
-def _identities(rows: list[dict], n_items: int, hist_len: int, history: bool):
-    """One-hot candidate ids (+ mean one-hot of the shown history): what titles alone identify."""
-    from scipy.sparse import lil_matrix
-
-    x = lil_matrix((len(rows), 2 * (n_items + 1)))
-    for k, row in enumerate(rows):
-        x[k, row["iid"]] = 1.0
-        shown = row["history"][-hist_len:] if history else []
-        for h in shown:  # history ids live in the second half of the columns
-            x[k, n_items + 1 + h] += 1.0 / len(shown)
-    return x.tocsr()
-
-
 def _llm_rows(eval_dir: Path, variant: str) -> list[dict]:
     """A variant's Table 1 task-3 rows, or none when that evaluation has not run."""
     from core.utils import read_jsonl
@@ -93,7 +71,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from core.config import load_config
     from core.utils import StageError
-    from recmodel.data import load_rec_data
     from recmodel.encoder import load_rec_encoder
     from src.data import load_task_records
 
@@ -102,7 +79,6 @@ def main(argv: list[str] | None = None) -> int:
         train, valid = ([r for r in load_task_records(cfg.tasks_dir / f"{args.variant}_{split}.json")
                          if r["type"] == "uidiid2binary"] for split in ("train", "valid"))
         enc = load_rec_encoder(cfg, device="cpu")
-        data = load_rec_data(cfg)
     except StageError as e:
         raise SystemExit(f"error: {e}") from None
     llm_rows = {v: _llm_rows(cfg.eval_dir, v) for v in ("none", "behaviour", "intention", "both")}
@@ -129,18 +105,6 @@ def main(argv: list[str] | None = None) -> int:
     for ep in (int(e) for e in args.epochs.split(",") if e.strip()):
         mlp = MLPClassifier((256,), max_iter=ep, batch_size=8, learning_rate_init=1e-3, random_state=0)
         report(f"MLP(256) on [u, e_i], {ep} pass(es)", mlp, np.hstack([ut, it]), np.hstack([ue, ie]))
-    hist_len = int(cfg.data_gen.max_hist_len)
-    for history, name in ((False, "logreg: item identity (titles seen)"),
-                          (True, "logreg: item + history identities")):
-        report(name, LogisticRegression(max_iter=5000),
-               _identities(train, data.n_items, hist_len, history),
-               _identities(valid, data.n_items, hist_len, history))
-    log_pop = data.item_popularity().log1p().numpy()
-    report("logreg: popularity (train interactions)", LogisticRegression(max_iter=3000),
-           log_pop[[r["iid"] for r in train]][:, None], log_pop[[r["iid"] for r in valid]][:, None])
-    seen = {r["iid"] for r in train}
-    print(f"evaluated candidates that occur in the training pairs: "
-          f"{np.mean([r['iid'] in seen for r in valid]):.3f}")
     by_pair = {(r["uid"], r["iid"]): r for r in valid}
     for variant, rows in llm_rows.items():
         rows = [r for r in rows if (r["uid"], r["iid"]) in by_pair]
