@@ -93,3 +93,29 @@ def test_rerun_skips_finished_stages_and_keeps_outputs(e2e):
     assert (out / "eval/both/uid2next.jsonl").read_text() == rows_before
     # the trainer and the evaluation say they skipped instead of redoing work
     assert "skip" in (proc.stdout + proc.stderr).lower()
+
+
+def test_seeds_retrain_a_variant_in_its_own_root(e2e):
+    """`bash shell/seeds.sh`: the seed-7 run trains and evaluates RecExplainer-B in
+    <root>_seed7, reading the main run's inputs through links and leaving the main run as it
+    was; the seeds table summarises both seeds."""
+    out, _, tmp = e2e
+    main_rows = (out / "eval/behaviour/uidiid2binary.jsonl").read_text()
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env.setdefault("OMP_NUM_THREADS", "2")
+    proc = subprocess.run(
+        ["bash", "shell/seeds.sh", "configs/tiny.yaml", "--seeds", "42,7", "--task_types", "behaviour",
+         "--set", f"paths.root={out}", "--set", f"paths.raw_dir={tmp / 'raw'}",
+         "--set", f"paths.models_dir={tmp / 'models'}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    seed7 = tmp / "out_seed7"
+    assert (seed7 / "tasks").is_symlink() and (seed7 / "tasks").resolve() == (out / "tasks").resolve()
+    assert read_json(seed7 / "llm/behaviour/meta.json")
+    assert read_json(seed7 / "eval/behaviour/uidiid2binary.metrics.json")["n"] > 0
+    assert not (seed7 / "llm/both").exists()  # only the variant asked for
+    assert (out / "eval/behaviour/uidiid2binary.jsonl").read_text() == main_rows
+    md = (out / "tables/table1_seeds.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| RecExplainer-B "))
+    assert "±" in row and "train.seed = 42, 7" in md
+    assert "RecExplainer-H" not in md  # the variants asked for only

@@ -5,7 +5,7 @@ import csv
 from core.config import load_config
 from src.report import main as report_main
 from core.tables import Cell, render_csv, render_table
-from src.report import table1
+from src.table1 import table1
 from core.utils import write_json
 
 
