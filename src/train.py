@@ -285,6 +285,28 @@ def resolve_training_dtype(cfg: Config) -> Config:
     return cfg
 
 
+#: the settings that `resolve_training_dtype` turns from ``auto`` into the measured choice
+_DTYPE_KEYS = ("llm.torch_dtype", "train.bf16")
+
+
+def _record_auto_dtype(stamp_path: Path, fp: dict[str, Any]) -> None:
+    """Restamp a model whose stamp holds the dtype ``auto`` resolved to (stamps written before
+    the stamp kept ``auto``): the same settings, so it must not read as stale on a re-run."""
+    if fp["settings"].get("llm.torch_dtype") != "auto" or not stamp_path.is_file():
+        return
+    try:
+        old = read_json(stamp_path)
+    except StageError:
+        return  # current() reports it
+    settings = old.get("settings") if isinstance(old, dict) else None
+    if not isinstance(settings, dict) or settings.get("llm.torch_dtype") not in ("float32", "bfloat16"):
+        return
+    if {**old, "settings": {**settings, **{k: fp["settings"].get(k) for k in _DTYPE_KEYS}}} == fp:
+        log.info("%s: recording llm.torch_dtype as 'auto' (it held the measured %s)", stamp_path,
+                 settings["llm.torch_dtype"])
+        write_stamp(stamp_path, fp)
+
+
 #: where a damaged checkpoint is moved (the Trainer's rotation only sees ``checkpoint-*``)
 INCOMPLETE_PREFIX = "incomplete-"
 
@@ -391,8 +413,13 @@ def train(
         raise ConfigError(f"--task_type must be one of {', '.join(TASK_TYPES)}, got {task_type!r}")
     out = Path(out_dir) if out_dir else cfg.llm_dir / task_type
     meta_path = out / META_FILE
+    # taken before `llm.torch_dtype: auto` is resolved below: the stamp holds the settings as
+    # the config states them, so that a re-run compares like with like (meta.json has the dtype used)
+    fp = train_fingerprint(cfg, task_type, zero_projectors, max_steps)
+    if meta_path.is_file() and read_json(meta_path).get("done") and not force:
+        _record_auto_dtype(out / STAMP_FILE, fp)
     if meta_path.is_file() and read_json(meta_path).get("done") and not force and current(
-            out / STAMP_FILE, train_fingerprint(cfg, task_type, zero_projectors, max_steps), f"the {task_type} model in {out}"):
+            out / STAMP_FILE, fp, f"the {task_type} model in {out}"):
         log.info("%s already trained (%s); use --force to redo", task_type, meta_path)
         return out
     set_seed(cfg.train.seed)
@@ -498,6 +525,8 @@ def train(
             "lora": bool(cfg.llm.lora.enabled),
             "modules_to_save": list(cfg.llm.lora.modules_to_save) if cfg.llm.lora.enabled else [],
             "chat_format": cfg.llm.chat_format,
+            "torch_dtype": cfg.llm.torch_dtype,  # as trained (auto resolved), with bf16 autocast or not
+            "bf16_autocast": bool(cfg.train.bf16),
             "exclude_tasks": list(exclude),
             "task_counts": _type_counts(train_recs),  # what it trained on, per record type
             "n_train": len(train_ds),
@@ -519,7 +548,7 @@ def train(
             "train_loss": result.training_loss,
             "eval_loss": eval_metrics.get("eval_loss"),
         }
-        write_stamp(out / STAMP_FILE, train_fingerprint(cfg, task_type, zero_projectors, max_steps))
+        write_stamp(out / STAMP_FILE, fp)
         write_json(meta_path, meta)  # the done marker, last
         log.info(
             "%s done: %d steps, loss %s -> %s, eval_loss %s, %.1f tokens/s -> %s",

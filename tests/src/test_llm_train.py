@@ -8,7 +8,7 @@ import torch
 from src.chat import collate_for_generation
 from src.model import load_trained
 from src.train import main, train
-from core.utils import read_json, read_jsonl
+from core.utils import StageError, read_json, read_jsonl
 from tests.fixtures_llm import one_thread, CLUSTERS, FakeEncoder, cluster_records, mixed_records, stop_at, tiny_cfg, write_tasks
 
 FAST = ["llm.lora.enabled=false", "train.epochs=10", "train.lr=0.003", "train.per_device_batch_size=16",
@@ -89,6 +89,38 @@ def test_skip_when_done_force_redo_and_cli_errors(tmp_path, capsys):
     assert main(["--config", "configs/tiny.yaml", "--set", f"paths.root={tmp_path}/none", "--task_type", "intention"]) == 2
     err = capsys.readouterr().err
     assert "error: " in err and "intention_train.json" in err and "data_gen" in err
+
+
+def test_auto_dtype_rerun_skips_and_old_stamps_are_restamped(tmp_path, monkeypatch):
+    """`llm.torch_dtype: auto` (the CPU profiles): a finished model is current on a re-run
+    (the stamp keeps "auto"; it once held the measured dtype, and run_all.sh refused to go on),
+    and a stamp written that way is restamped, not called stale."""
+    import json
+
+    import src.precision as precision
+
+    monkeypatch.setattr(precision, "pick_dtype", lambda path: "bfloat16")
+    cfg = tiny_cfg(tmp_path, "llm.torch_dtype=auto", "train.max_train_samples=8", "train.per_device_batch_size=4",
+                   "train.save_steps=1000")
+    write_tasks(cfg, "both", mixed_records(12, 0), mixed_records(4, 1))
+    enc = FakeEncoder()
+    out = train(cfg, "both", rec_encoder=enc)
+    meta = read_json(out / "meta.json")
+    assert (meta["torch_dtype"], meta["bf16_autocast"]) == ("bfloat16", False)
+    stamp = read_json(out / "stamp.json")
+    assert stamp["settings"]["llm.torch_dtype"] == "auto"
+    done = (out / "meta.json").stat().st_mtime_ns
+    assert train(cfg, "both", rec_encoder=enc) == out and (out / "meta.json").stat().st_mtime_ns == done
+    # a stamp from before: the measured dtype in place of "auto"
+    stamp["settings"]["llm.torch_dtype"] = "bfloat16"
+    (out / "stamp.json").write_text(json.dumps(stamp))
+    assert train(cfg, "both", rec_encoder=enc) == out and (out / "meta.json").stat().st_mtime_ns == done
+    assert read_json(out / "stamp.json")["settings"]["llm.torch_dtype"] == "auto"
+    # any other difference is still stale
+    stamp["settings"]["llm.torch_dtype"], stamp["settings"]["train.lr"] = "bfloat16", 0.5
+    (out / "stamp.json").write_text(json.dumps(stamp))
+    with pytest.raises(StageError, match="other settings"):
+        train(cfg, "both", rec_encoder=enc)
 
 
 def test_modules_to_save_trains_and_resumes_from_a_checkpoint(tmp_path):
