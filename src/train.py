@@ -289,22 +289,22 @@ def resolve_training_dtype(cfg: Config) -> Config:
 _DTYPE_KEYS = ("llm.torch_dtype", "train.bf16")
 
 
-def _record_auto_dtype(stamp_path: Path, fp: dict[str, Any]) -> None:
-    """Restamp a model whose stamp holds the dtype ``auto`` resolved to (stamps written before
-    the stamp kept ``auto``): the same settings, so it must not read as stale on a re-run."""
+def _as_stamped(stamp_path: Path, fp: dict[str, Any]) -> dict[str, Any]:
+    """`fp`, or the stamp itself where it differs from `fp` only by holding the dtype that
+    ``auto`` resolved to (stamps written before the stamp kept ``auto``): the same settings,
+    so the model is current. The stamp stays as it is: the evaluation stages fingerprint its
+    bytes as the model's identity, and rewriting it would make their outputs stale."""
     if fp["settings"].get("llm.torch_dtype") != "auto" or not stamp_path.is_file():
-        return
+        return fp
     try:
         old = read_json(stamp_path)
     except StageError:
-        return  # current() reports it
+        return fp  # current() reports it
     settings = old.get("settings") if isinstance(old, dict) else None
     if not isinstance(settings, dict) or settings.get("llm.torch_dtype") not in ("float32", "bfloat16"):
-        return
-    if {**old, "settings": {**settings, **{k: fp["settings"].get(k) for k in _DTYPE_KEYS}}} == fp:
-        log.info("%s: recording llm.torch_dtype as 'auto' (it held the measured %s)", stamp_path,
-                 settings["llm.torch_dtype"])
-        write_stamp(stamp_path, fp)
+        return fp
+    same = {**old, "settings": {**settings, **{k: fp["settings"].get(k) for k in _DTYPE_KEYS}}} == fp
+    return old if same else fp
 
 
 #: where a damaged checkpoint is moved (the Trainer's rotation only sees ``checkpoint-*``)
@@ -416,10 +416,8 @@ def train(
     # taken before `llm.torch_dtype: auto` is resolved below: the stamp holds the settings as
     # the config states them, so that a re-run compares like with like (meta.json has the dtype used)
     fp = train_fingerprint(cfg, task_type, zero_projectors, max_steps)
-    if meta_path.is_file() and read_json(meta_path).get("done") and not force:
-        _record_auto_dtype(out / STAMP_FILE, fp)
     if meta_path.is_file() and read_json(meta_path).get("done") and not force and current(
-            out / STAMP_FILE, fp, f"the {task_type} model in {out}"):
+            out / STAMP_FILE, _as_stamped(out / STAMP_FILE, fp), f"the {task_type} model in {out}"):
         log.info("%s already trained (%s); use --force to redo", task_type, meta_path)
         return out
     set_seed(cfg.train.seed)

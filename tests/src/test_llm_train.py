@@ -94,7 +94,8 @@ def test_skip_when_done_force_redo_and_cli_errors(tmp_path, capsys):
 def test_auto_dtype_rerun_skips_and_old_stamps_are_restamped(tmp_path, monkeypatch):
     """`llm.torch_dtype: auto` (the CPU profiles): a finished model is current on a re-run
     (the stamp keeps "auto"; it once held the measured dtype, and run_all.sh refused to go on),
-    and a stamp written that way is restamped, not called stale."""
+    and a stamp written that way is current too, and left byte for byte (the evaluations
+    fingerprint it)."""
     import json
 
     import src.precision as precision
@@ -114,8 +115,9 @@ def test_auto_dtype_rerun_skips_and_old_stamps_are_restamped(tmp_path, monkeypat
     # a stamp from before: the measured dtype in place of "auto"
     stamp["settings"]["llm.torch_dtype"] = "bfloat16"
     (out / "stamp.json").write_text(json.dumps(stamp))
+    before = (out / "stamp.json").read_bytes()
     assert train(cfg, "both", rec_encoder=enc) == out and (out / "meta.json").stat().st_mtime_ns == done
-    assert read_json(out / "stamp.json")["settings"]["llm.torch_dtype"] == "auto"
+    assert (out / "stamp.json").read_bytes() == before
     # any other difference is still stale
     stamp["settings"]["llm.torch_dtype"], stamp["settings"]["train.lr"] = "bfloat16", 0.5
     (out / "stamp.json").write_text(json.dumps(stamp))
