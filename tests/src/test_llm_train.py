@@ -91,7 +91,7 @@ def test_skip_when_done_force_redo_and_cli_errors(tmp_path, capsys):
     assert "error: " in err and "intention_train.json" in err and "data_gen" in err
 
 
-def test_auto_dtype_rerun_skips_and_old_stamps_are_restamped(tmp_path, monkeypatch):
+def test_auto_dtype_rerun_skips_and_old_stamps_stay_current(tmp_path, monkeypatch):
     """`llm.torch_dtype: auto` (the CPU profiles): a finished model is current on a re-run
     (the stamp keeps "auto"; it once held the measured dtype, and run_all.sh refused to go on),
     and a stamp written that way is current too, and left byte for byte (the evaluations
