@@ -107,7 +107,7 @@ def table1_seeds(cfg: Config, seeds: list[int], overrides: list[str] | None = No
     missing: list[str] = []
     for seed in seeds:
         scfg = seed_config(cfg, seed, overrides)
-        rows, columns, commands = table1(scfg, split)
+        rows, columns, _ = table1(scfg, split)
         mine = {str(r[0]): r[1:] for r in rows if str(r[0]).split(" (")[0] in labels}
         per_seed.append(mine)
         if any(c == MISSING for r in mine.values() for c in r):
