@@ -12,9 +12,9 @@ same sample when `eval/behaviour/` exists), beside B's own figures:
   every title of the training pairs), the same with the mean one-hot of the shown history
   (data_gen.max_hist_len items, as in the prompt), and on log popularity (interactions over
   the train parts: a catalogue fact Table 1's Popularity row uses and no record states);
-* task 2 (ranking 5 candidates, NDCG@5 with the paper's graded relevance): each candidate's
-  mean position in the training lists (unseen titles: the overall mean), the task-3 identity
-  learner's scores, and popularity.
+* task 2 (ranking 5 candidates, NDCG@5 with the paper's graded relevance, scored from titles as
+  the LLMs' answers are): each candidate title's mean position in the training lists (unseen
+  titles: the overall mean), the task-3 identity learner's scores, and popularity.
 
 WHY: B stayed near chance on task 3 in every CPU trial, and its targets (task 3 >= 0.80, task
 2 >= 0.75) sit where Popularity stands. This says whether the records could teach that at all,
@@ -46,19 +46,6 @@ def _identities(rows: list[dict], n_items: int, hist_len: int, history: bool):
     return x.tocsr()
 
 
-def _true_order(row: dict, titles: list[str]) -> list[int]:
-    """The recommender's order of a task-2 record as candidate ids (a title may repeat)."""
-    from core.metrics import split_titles
-
-    left = list(row["candidates"])
-    order = []
-    for t in split_titles(row["answer"]):
-        iid = next(i for i in left if titles[i] == t)
-        left.remove(iid)
-        order.append(iid)
-    return order
-
-
 def _evaluated(eval_dir: Path, mode: str, rows: list[dict]) -> tuple[list[dict], dict]:
     """The records B's Table 1 run scored for `mode` (all when it has not run), and its metrics."""
     from core.utils import read_json, read_jsonl
@@ -82,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     from sklearn.metrics import roc_auc_score
 
     from core.config import load_config
-    from core.metrics import ranking_ndcg
+    from core.metrics import TITLE_SEP, rank_ndcg_from_text, split_titles
     from core.utils import StageError
     from preprocess.dataset import load_canonical
     from recmodel.data import load_rec_data
@@ -127,22 +114,24 @@ def main(argv: list[str] | None = None) -> int:
     if bin_metrics:
         print(f"{'RecExplainer-B (Table 1)':<48} {bin_metrics['acc']:6.3f}  n={bin_metrics['n']}")
 
-    positions: dict[int, list[int]] = defaultdict(list)
+    positions: dict[str, list[int]] = defaultdict(list)  # by title: what B reads
     for r in rank_train:
-        for pos, iid in enumerate(_true_order(r, titles)):
-            positions[iid].append(pos)
+        for pos, title in enumerate(split_titles(r["answer"])):
+            positions[title].append(pos)
     overall = float(np.mean([p for ps in positions.values() for p in ps]))
-    covered = np.mean([i in positions for r in rank_eval for i in r["candidates"]])
+    covered = np.mean([titles[i] in positions for r in rank_eval for i in r["candidates"]])
     print(f"\ntask 2: {len(rank_train)} training lists, {len(rank_eval)} evaluated; evaluated "
           f"candidates that occur in the training lists: {covered:.3f}")
     print(f"{'ranker (score per candidate)':<48} {'ndcg@5':>6}")
     weight = identity.coef_[0]
-    for name, score in (("mean position in the training lists", lambda i: -np.mean(positions[i])
-                         if i in positions else -overall),
+    for name, score in (("mean position in the training lists", lambda i: -np.mean(positions[titles[i]])
+                         if titles[i] in positions else -overall),
                         ("task-3 candidate-identity learner", lambda i: weight[i]),
                         ("log popularity", lambda i: popularity[i])):
-        ndcg = np.mean([ranking_ndcg(sorted(r["candidates"], key=lambda i: -score(i)),
-                                     _true_order(r, titles)) for r in rank_eval])
+        # scored as the LLMs' pointwise orders are: the ordered titles against the answer
+        orders = [sorted(r["candidates"], key=lambda i: -score(i)) for r in rank_eval]
+        ndcg = np.mean([rank_ndcg_from_text(TITLE_SEP.join(titles[i] for i in order), r["answer"])
+                        for order, r in zip(orders, rank_eval)])
         print(f"{name:<48} {ndcg:6.3f}")
     if rank_metrics:
         pointwise = rank_metrics.get("pointwise", {}).get("ndcg@5")
