@@ -10,7 +10,7 @@
 # (the long profile: name its config, configs/ml100k_long.yaml)
 #
 # Cost: one training + one Table 1 evaluation per seed and variant (on 2 CPU cores with the
-# default profile ~19 / 12 / 8 minutes for RecExplainer-H / -I / -B). Resumable: every stage
+# default profile ~20 / 11 / 8 minutes for RecExplainer-H / -I / -B). Resumable: every stage
 # skips the work whose outputs exist.
 source "$(dirname "$0")/_common.sh"
 

@@ -3,7 +3,7 @@
     python -m src.seeds --config configs/ml100k.yaml --seeds 42,7,1 [--link]
 
 One training run of an aligned variant moves its Table 1 cells by several points on the CPU
-budget (README "Another training seed"), so a single run cannot say whether two methods
+budget (README "Other training seeds"), so a single run cannot say whether two methods
 differ. `bash shell/seeds.sh` retrains and re-evaluates the aligned variants with
 ``train.seed`` = S (which draws the training mix, the probe and the initialisation), each seed
 in its own output root ``<root>_seed<S>`` that links the main run's data, recommender,
