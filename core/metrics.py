@@ -373,15 +373,18 @@ def rating_summary(ratings: Sequence[int | None]) -> dict[str, Any]:
 
 
 def decision_summary(explanations: Sequence[str], labels: Sequence[str]) -> dict[str, Any]:
-    """Share of explanations whose first decision phrase matches the label (undecided = wrong)."""
+    """Share of explanations whose first decision phrase matches the label (undecided = wrong),
+    with its Wilson 95% interval (Table 2 rates a few dozen prompts per method)."""
     decisions = [decision_of(t) for t in explanations]
     n = len(decisions)
-    agree = sum(1 for d, lab in zip(decisions, labels) if d is not None and d == normalise_label(lab))
+    hits = [1.0 if d is not None and d == normalise_label(lab) else 0.0 for d, lab in zip(decisions, labels)]
+    agree = int(sum(hits))
     undecided = sum(1 for d in decisions if d is None)
     return {
         "n": n,
         "agree": agree,
         "agreement": agree / n if n else None,
+        "agreement_ci95": ci95(hits),
         "undecided": undecided,
         "undecided_share": undecided / n if n else None,
         "said_yes": sum(1 for d in decisions if d == "Yes"),
@@ -410,13 +413,43 @@ def classification_metrics(y_true: list[int], y_pred: list[int], names: list[str
     }
 
 
-def regression_metrics(y_true: Any, pred: Any, train_mean: float) -> dict[str, Any]:
-    """Score predictor: test MSE, the MSE of always predicting the train mean, and Pearson r."""
+def regression_metrics(y_true: Any, pred: Any, train_mean: float, seed: int = 0,
+                       resamples: int = 2000) -> dict[str, Any]:
+    """Score predictor: test MSE, the MSE of always predicting the train mean, their ratio,
+    Pearson r, and a 95% interval for the ratio and for r.
+
+    Table 3 is read as "how far below the mean predictor" on a few dozen test pairs, so the
+    ratio needs its own interval: a paired percentile bootstrap over the test pairs (both
+    MSEs are recomputed on each resample, which keeps their correlation), seeded so that a
+    table rebuilt from the same predictions prints the same interval. r gets the Fisher-z
+    interval (scipy's ``pearsonr(...).confidence_interval``). Intervals need >= 4 pairs and a
+    non-constant target (r: and prediction); otherwise they are ``[nan, nan]``.
+    """
     import numpy as np
+    from scipy import stats
     from sklearn.metrics import mean_squared_error
 
-    return {
-        "mse": float(mean_squared_error(y_true, pred)),
-        "baseline_mse": float(mean_squared_error(y_true, np.full_like(y_true, train_mean))),
-        "pearson": float(np.corrcoef(y_true, pred)[0, 1]) if len(y_true) > 1 and pred.std() > 0 and y_true.std() > 0 else None,
-    }
+    y = np.asarray(y_true, dtype=float)
+    p = np.asarray(pred, dtype=float)
+    mse = float(mean_squared_error(y, p))
+    base = float(mean_squared_error(y, np.full_like(y, train_mean)))
+    nan2 = [math.nan, math.nan]
+    out: dict[str, Any] = {"mse": mse, "baseline_mse": base, "mse_ratio": mse / base if base > 0 else math.nan,
+                           "mse_ratio_ci95": nan2, "pearson": None, "pearson_ci95": nan2}
+    varied = len(y) > 1 and p.std() > 0 and y.std() > 0
+    if varied:
+        out["pearson"] = float(np.corrcoef(y, p)[0, 1])
+        if len(y) >= 4:
+            ci = stats.pearsonr(y, p).confidence_interval(confidence_level=0.95)
+            out["pearson_ci95"] = [float(ci.low), float(ci.high)]
+    if len(y) < 4 or base <= 0:
+        return out
+
+    def ratio(a: Any, b: Any, axis: int = -1) -> Any:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.mean((a - b) ** 2, axis=axis) / np.mean((a - train_mean) ** 2, axis=axis)
+
+    boot = stats.bootstrap((y, p), ratio, paired=True, vectorized=True, n_resamples=resamples,
+                           confidence_level=0.95, method="percentile", rng=np.random.default_rng(seed))
+    out["mse_ratio_ci95"] = [float(boot.confidence_interval.low), float(boot.confidence_interval.high)]
+    return out

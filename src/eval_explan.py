@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -307,9 +308,16 @@ def _fmt(x: Any, digits: int = 4) -> str:
     return str(x)
 
 
+def _with_ci(x: float | None, ci: list[float] | None) -> str:
+    """A share and its 95% interval, when the summary has one (older summaries do not)."""
+    if x is None or not ci or any(math.isnan(c) for c in ci):
+        return _fmt(x, 3)
+    return f"{x:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
 TABLE2_COLUMNS = [
     "Method", "Judge mean (0-3)", "n rated", "RATING-0", "RATING-1", "RATING-2", "RATING-3",
-    "unparseable (first / final)", "Decision = label (rule)", "undecided", "distinct-2", "repetitive",
+    "unparseable (first / final)", "Decision = label (rule) [95% CI]", "undecided", "distinct-2", "repetitive",
 ]
 
 
@@ -323,7 +331,7 @@ def table2_rows(summary: dict[str, Any]) -> list[list[str]]:
             s["display"], _fmt(j["mean"]) + partial, f"{j['n_rated']}/{s['n']}",
             *[(_fmt(shares[str(r)], 3) if j["n_rated"] else "-") for r in range(4)],
             f"{j['unparseable_first']} / {j['unparseable_final']}" if j["n_judged"] else "-",
-            _fmt(d["agreement"], 3), _fmt(d["undecided_share"], 3),
+            _with_ci(d["agreement"], d.get("agreement_ci95")), _fmt(d["undecided_share"], 3),
             _fmt(s.get("fluency", {}).get("distinct2_mean"), 3), _fmt(s.get("fluency", {}).get("degenerate_share"), 3),
         ])
     return out
@@ -337,7 +345,7 @@ def render_table2(summary: dict[str, Any]) -> tuple[str, str]:
         f"Table 2. Explanation quality on the {summary['split']} prompts. Judge: "
         f"{j['model'] or 'none'} ({j['status']}); the paper's judge was GPT-4. RATING columns are "
         "shares of rated answers; 'Decision = label (rule)' is the deterministic check (first "
-        "yes/no phrase of the explanation vs the label), no LLM involved; 'distinct-2' is the mean "
+        "yes/no phrase of the explanation vs the label; Wilson 95% interval), no LLM involved; 'distinct-2' is the mean "
         "share of distinct word bigrams per explanation and 'repetitive' the share below "
         f"{DEGENERATE_BELOW} (degenerate repetition)."
     )

@@ -158,3 +158,31 @@ def test_parse_ranked_titles_reads_the_list_shapes_of_chat_models():
     # scored as a ranked list: the target third in the reply -> HR@5 1, NDCG@5 1/log2(4)
     hr, ndcg = hit_ndcg_at_k(parse(shapes[1]), "2001: a space odyssey (1968) ")
     assert hr == 1.0 and ndcg == pytest.approx(1 / L2(4))
+
+
+def test_regression_metrics_ratio_and_intervals_on_a_hand_made_case():
+    from core.metrics import regression_metrics
+
+    y = [1, 2, 3, 4, 5, 6, 7, 8]
+    pred = [2, 2, 3, 5, 5, 6, 8, 8]  # off by 1 on 3 of 8 pairs
+    m = regression_metrics(y, pred, train_mean=4.5)
+    # MSE 3/8; the mean predictor: (3.5^2 + 2.5^2 + 1.5^2 + 0.5^2) * 2 / 8 = 5.25
+    assert m["mse"] == pytest.approx(0.375) and m["baseline_mse"] == pytest.approx(5.25)
+    assert m["mse_ratio"] == pytest.approx(0.375 / 5.25)
+    # Fisher z: tanh(atanh(r) -+ 1.96 / sqrt(n - 3))
+    r = m["pearson"]
+    half = 1.959964 / math.sqrt(len(y) - 3)
+    assert m["pearson_ci95"] == pytest.approx([math.tanh(math.atanh(r) - half), math.tanh(math.atanh(r) + half)], abs=1e-5)
+    lo, hi = m["mse_ratio_ci95"]
+    assert 0 <= lo <= m["mse_ratio"] <= hi < 1
+    assert regression_metrics(y, pred, 4.5)["mse_ratio_ci95"] == [lo, hi]  # seeded: rebuilt tables agree
+    # the same pattern over 8x the pairs: the same ratio, a narrower interval
+    big = regression_metrics(y * 8, pred * 8, train_mean=4.5)
+    assert big["mse_ratio"] == pytest.approx(m["mse_ratio"])
+    assert big["mse_ratio_ci95"][1] - big["mse_ratio_ci95"][0] < (hi - lo) / 2
+    # the mean predictor itself is exactly 1x on every resample; a perfect one 0x
+    assert regression_metrics(y, [4.5] * 8, 4.5)["mse_ratio_ci95"] == pytest.approx([1.0, 1.0])
+    assert regression_metrics(y, y, 4.5)["mse_ratio_ci95"] == pytest.approx([0.0, 0.0])
+    # too few pairs for an interval: the point values stay, the intervals are nan
+    few = regression_metrics([1, 2, 3], [1, 2, 4], 2.0)
+    assert few["mse"] == pytest.approx(1 / 3) and all(math.isnan(v) for v in few["mse_ratio_ci95"] + few["pearson_ci95"])

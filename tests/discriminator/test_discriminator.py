@@ -10,7 +10,7 @@ import random
 import pytest
 
 from discriminator import data_gen, run_cls, run_reg
-from core.utils import read_json, read_jsonl
+from core.utils import read_json, read_jsonl, write_json
 from tests.fixtures_explan import make_tiny_bert, tiny_cfg
 
 # each method has its own vocabulary (the classifier's signal); the score is written in words
@@ -109,12 +109,22 @@ def test_classifier_and_regressor_learn_separable_toy_set(cfg, capsys, caplog):
     assert r["n_test"] >= 5
     assert r["mse"] < 0.5 * r["baseline_mse"]  # the text carries the score
     assert r["pearson"] > 0.8
+    lo, hi = r["mse_ratio_ci95"]
+    assert r["mse_ratio"] == pytest.approx(r["mse"] / r["baseline_mse"]) and lo <= r["mse_ratio"] <= hi
     table = (cfg.tables_dir / "table3.md").read_text()
     assert "RecExplainer-H" in table and f"{r['mse']:.4f}" in table
+    assert f"{r['mse_ratio']:.2f} [{lo:.2f}, {hi:.2f}]" in table and "MSE / mean [95% CI]" in table
     assert read_json(run_reg.out_dir(cfg) / "metrics.json")["both"]["mse"] == r["mse"]
     assert "Table 3" in capsys.readouterr().out
     # cached: a second call reuses the metrics for unchanged data and settings
     assert run_reg.run(cfg, ["both"])["both"] == r
+    # a cache written before Table 3 had intervals gets them from its saved predictions, no retraining
+    cached = run_reg.out_dir(cfg) / "metrics_both.json"
+    old = {k: v for k, v in read_json(cached).items() if k not in ("mse_ratio", "mse_ratio_ci95", "pearson_ci95")}
+    write_json(cached, old)
+    with caplog.at_level(logging.INFO, logger="discriminator.files"):
+        assert run_reg.run(cfg, ["both"])["both"] == r
+    assert "retraining" not in caplog.text
     assert run_cls.run(cfg) == m
     # a changed training setting retrains (and says why) instead of reusing the old numbers
     changed = dataclasses.replace(cfg, discriminator=dataclasses.replace(cfg.discriminator, lr=cfg.discriminator.lr * 2))

@@ -94,6 +94,8 @@ def test_summaries():
     d = decision_summary(["Yes, sure.", "No.", "Hmm, hard to say.", "The user will like it."], ["Yes", "Yes", "No", "no"])
     assert (d["agree"], d["undecided"], d["said_yes"], d["said_no"]) == (1, 1, 2, 1)
     assert d["agreement"] == 0.25
+    # Wilson interval of 1 agreement in 4 (textbook: [0.046, 0.699])
+    assert d["agreement_ci95"] == pytest.approx([0.0456, 0.6994], abs=1e-4)
 
 
 def test_judge_prompt_is_appendix_a():
