@@ -38,6 +38,16 @@ class Cell:
         return text
 
 
+def with_interval(value: float | None, ci: list[float] | None, digits: int = 3, ci_digits: int = 2) -> str:
+    """'value [lo, hi]' for the small tables (2-3) that store value and interval apart; the
+    value alone where the interval is missing or nan (older caches, too few records)."""
+    if value is None or math.isnan(value):
+        return MISSING
+    if not ci or len(ci) != 2 or any(c is None or math.isnan(c) for c in ci):
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{ci[0]:.{ci_digits}f}, {ci[1]:.{ci_digits}f}]"
+
+
 def cell_of(d: dict | None, metric: str) -> Cell | None:
     """The Cell of `metric` in a metrics dict (value, its ``ci95`` and ``n`` when present)."""
     value = metric_value(d, metric)

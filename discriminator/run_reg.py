@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from discriminator.finetune import fine_tune_predict
 from core.config import Config, add_config_args, config_from_args
 from core.metrics import regression_metrics
 from core.registry import EXPLAIN_METHODS
-from core.tables import render_titled
+from core.tables import render_titled, with_interval
 from core.utils import StageError, read_json, read_jsonl, run_stage, write_json, write_jsonl, write_text
 
 log = logging.getLogger("discriminator.run_reg")
@@ -87,21 +86,12 @@ def train_method(cfg: Config, method: str, force: bool = False) -> dict[str, Any
 TABLE3_COLUMNS = ["Method", "MSE", "MSE of train mean", "MSE / mean [95% CI]", "Pearson r [95% CI]", "n train", "n test"]
 
 
-def _with_ci(value: float | None, ci: list[float], fmt: str) -> str:
-    if value is None or math.isnan(value):
-        return "-"
-    if any(math.isnan(c) for c in ci):
-        return format(value, fmt)
-    return f"{value:{fmt}} [{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
-
-
 def render_table3(results: dict[str, dict], display: dict[str, str], dataset: str) -> tuple[str, str]:
     rows = []
-    nan2 = [math.nan, math.nan]
     for m, r in results.items():
         rows.append([display.get(m, m), f"{r['mse']:.4f}", f"{r['baseline_mse']:.4f}",
-                     _with_ci(r.get("mse_ratio"), r.get("mse_ratio_ci95", nan2), ".2f"),
-                     _with_ci(r.get("pearson"), r.get("pearson_ci95", nan2), ".2f"), str(r["n_train"]), str(r["n_test"])])
+                     with_interval(r.get("mse_ratio"), r.get("mse_ratio_ci95"), 2),
+                     with_interval(r.get("pearson"), r.get("pearson_ci95"), 2), str(r["n_train"]), str(r["n_test"])])
     title = (f"Table 3. Score predictors on {dataset}: MSE between the recommender's score and the score "
              "predicted from each method's explanation (lower is better; same test pairs for every method). "
              "MSE / mean: against always predicting the train mean, with a paired bootstrap 95% interval "

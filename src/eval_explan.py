@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from core.api_client import ChatClient, FatalAPIError, request_key
 from core.config import Config, ConfigError, add_config_args, config_from_args
 from core.registry import EXPLAIN_METHODS as METHOD_ORDER, explain_file, method_display
 from core.metrics import decision_summary, normalise_label, rating_summary
-from core.tables import render_titled
+from core.tables import render_titled, with_interval
 from src.judge import explanation_sha, judge_many, judge_messages
 from core.utils import JsonlAppender, StageError, iter_jsonl, run_stage, write_json, write_text
 
@@ -308,13 +307,6 @@ def _fmt(x: Any, digits: int = 4) -> str:
     return str(x)
 
 
-def _with_ci(x: float | None, ci: list[float] | None) -> str:
-    """A share and its 95% interval, when the summary has one (older summaries do not)."""
-    if x is None or not ci or any(math.isnan(c) for c in ci):
-        return _fmt(x, 3)
-    return f"{x:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]"
-
-
 TABLE2_COLUMNS = [
     "Method", "Judge mean (0-3)", "n rated", "RATING-0", "RATING-1", "RATING-2", "RATING-3",
     "unparseable (first / final)", "Decision = label (rule) [95% CI]", "undecided", "distinct-2", "repetitive",
@@ -331,7 +323,7 @@ def table2_rows(summary: dict[str, Any]) -> list[list[str]]:
             s["display"], _fmt(j["mean"]) + partial, f"{j['n_rated']}/{s['n']}",
             *[(_fmt(shares[str(r)], 3) if j["n_rated"] else "-") for r in range(4)],
             f"{j['unparseable_first']} / {j['unparseable_final']}" if j["n_judged"] else "-",
-            _with_ci(d["agreement"], d.get("agreement_ci95")), _fmt(d["undecided_share"], 3),
+            with_interval(d["agreement"], d.get("agreement_ci95")), _fmt(d["undecided_share"], 3),
             _fmt(s.get("fluency", {}).get("distinct2_mean"), 3), _fmt(s.get("fluency", {}).get("degenerate_share"), 3),
         ])
     return out
