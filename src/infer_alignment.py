@@ -261,7 +261,7 @@ def run_pointwise(cfg: Config, model: Any, tokenizer: Any, records: list[dict], 
     from data_gen.generate import pointwise_records
     from data_gen.templates import join_titles
     from preprocess.dataset import load_canonical
-    from src.generation import score_yes_no
+    from src.generation import score_yes_no_groups
 
     titles = load_canonical(cfg).titles
     chunk = max(1, cfg.eval.batch_size)
@@ -273,12 +273,9 @@ def run_pointwise(cfg: Config, model: Any, tokenizer: Any, records: list[dict], 
                 asks = [pointwise_records(r, titles, cfg.data_gen.max_hist_len, cfg.seed) for r in recs]
             except (ValueError, IndexError) as e:
                 raise StageError(f"{rows_path.name}: {e}") from None
-            scored = score_yes_no(model, tokenizer, [q for qs in asks for q in qs], cfg, cfg.eval.batch_size,
-                                  desc="candidates yes/no")
-            k = 0
-            for rec, qs in zip(recs, asks):
-                margins = [o["logp_yes"] - o["logp_no"] for o in scored[k:k + len(qs)]]
-                k += len(qs)
+            scored = score_yes_no_groups(model, tokenizer, asks, cfg, cfg.eval.batch_size, desc="candidates yes/no")
+            for rec, qs, outs in zip(recs, asks, scored):
+                margins = [o["logp_yes"] - o["logp_no"] for o in outs]
                 order = sorted(range(len(qs)), key=lambda j: -margins[j])  # ties keep the prompt's order
                 app.append({**_base_row(rec), "candidates": [q["iid"] for q in qs],
                             "margins": [round(m, 4) for m in margins],

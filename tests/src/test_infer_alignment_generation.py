@@ -15,6 +15,7 @@ from src.generation import (
     collate,
     generate_texts,
     score_yes_no,
+    score_yes_no_groups,
     suppressed_token_ids,
     yes_no_token_ids,
 )
@@ -125,6 +126,39 @@ def test_yes_no_scores_match_an_unpadded_forward(env):
         assert g["logp_yes"] == pytest.approx(float(lp[yes]), abs=1e-4)
         assert g["logp_no"] == pytest.approx(float(lp[no]), abs=1e-4)
         assert g["pred"] == ("Yes" if g["logp_yes"] >= g["logp_no"] else "No")
+
+
+def test_grouped_yes_no_scores_equal_the_one_by_one_scores(env):
+    """A group's prompt prefix run once and its cache copied must give each row's own scores."""
+    from src.generation import _shared_prefix_length
+
+    bins = [r for recs in (env.text, env.emb) for r in [r for r in recs if r["type"] == "uidiid2binary"][:4]]
+    # a group per user: the same question about different items (text titles or <item> vectors),
+    # in groups of 1 to 4 rows and of different prompt lengths
+    groups = []
+    for k, rec in enumerate(bins[:8]):
+        items = [(rec["iid"] + j) % len(TITLES) + 1 for j in range(1 + k % 4)]
+        groups.append([{**rec, "id": f"{rec['id']}:{i}", "iid": i, "iids_in_question": rec["iids_in_question"] and [i],
+                        "question": rec["question"].replace(TITLES[rec["iid"] - 1], TITLES[i - 1])
+                        if not rec["iids_in_question"] else rec["question"]} for i in items])
+    got = score_yes_no_groups(env.model, env.tok, groups, env.cfg, batch_size=6)
+    assert [len(g) for g in got] == [len(g) for g in groups]
+    want = score_yes_no(env.model, env.tok, [q for g in groups for q in g], env.cfg, batch_size=5)
+    flat = [o for g in got for o in g]
+    for a, b in zip(flat, want):
+        assert a["logp_yes"] == pytest.approx(b["logp_yes"], abs=1e-4)
+        assert a["logp_no"] == pytest.approx(b["logp_no"], abs=1e-4)
+        assert a["pred"] == b["pred"]
+    # the <item> rows differ only in the vector at the marker: the shared prefix stops there
+    emb_group = next(g for g in groups if g[0]["iids_in_question"] and len(g) > 1)
+    b = collate(env.tok, emb_group, env.cfg, 250)
+    ids = b["input_ids"]
+    with torch.no_grad():
+        embeds = env.model.embed_inputs(ids, b["user_histories"], b["item_ids"])
+    marker = int((ids[0] == env.model.item_token_id).nonzero()[0])
+    assert _shared_prefix_length(list(ids), list(embeds)) == marker
+    # one row: everything but its last token is the prefix
+    assert _shared_prefix_length([ids[0]], [embeds[0]]) == ids.shape[1] - 1
 
 
 def test_yes_no_head_runs_in_float32_under_bf16_weights(env):
