@@ -291,6 +291,10 @@ class EvalConfig:
     batch_size: int = 8
     #: uid2next beam width; all beams are returned as the top-k (paper: 5 beams, 5 returned)
     num_beams: int = 5
+    #: prompts per generate() call under beam search, when smaller than batch_size (0 = batch_size):
+    #: beam search copies the whole KV cache every step, and on some CPUs a large cache costs
+    #: far more per prompt than a small one (see configs/cpu.yaml)
+    beam_batch_size: int = 0
     #: new-token cap for one-title answers (uid2next, iid2title)
     max_new_tokens: int = 64
     #: new-token cap for list answers (uidiid2rank: 5 titles, uid2hist: the history titles)
@@ -661,6 +665,7 @@ _RANGES: dict[str, tuple[float, bool, str]] = {
     "train.probe_samples": (0, False, "records per mode"),
     "eval.batch_size": (1, False, ""),
     "eval.num_beams": (1, False, ""),
+    "eval.beam_batch_size": (0, False, "0 = eval.batch_size"),
     "eval.max_new_tokens": (1, False, ""),
     "eval.max_new_tokens_list": (1, False, ""),
     "eval.max_samples": (0, False, "0 = all"),

@@ -325,7 +325,8 @@ def generate_texts(
 ) -> list[list[str]]:
     """Decoded answers (``num_return_sequences`` per record, best first), in record order.
 
-    Deterministic: greedy (num_beams=1) or beam search; no sampling. `gen_kwargs` go to HF
+    Deterministic: greedy (num_beams=1) or beam search; no sampling; beam search runs at most
+    ``eval.beam_batch_size`` prompts per call when that is set. `gen_kwargs` go to HF
     generate (e.g. ``length_penalty``). `trie` constrains every answer to one trie, or (a
     function of the record) each record's answer to its own.
     """
@@ -334,6 +335,8 @@ def generate_texts(
     if num_return_sequences > num_beams:
         raise ValueError(f"num_return_sequences ({num_return_sequences}) cannot exceed num_beams ({num_beams})")
     batch_size = batch_size or cfg.eval.batch_size
+    if num_beams > 1 and cfg.eval.beam_batch_size:
+        batch_size = min(batch_size, cfg.eval.beam_batch_size)
     stops = stop_token_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     max_prompt = cfg.llm.max_length - max_new_tokens

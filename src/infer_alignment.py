@@ -366,7 +366,7 @@ def run_api(cfg: Config, client: Any, records: list[dict], mode: str, rows_path:
 
 #: eval.* keys that change how fast a cell is measured, not what it measures (whether a
 #: constrained block is wanted is checked apart from the fingerprint, below)
-_NOT_MEASURING = ("eval.batch_size", "eval.device", "eval.icl_constrained")
+_NOT_MEASURING = ("eval.batch_size", "eval.beam_batch_size", "eval.device", "eval.icl_constrained")
 #: eval.* keys of the ICL baselines only
 _ICL_KEYS = ("eval.icl_max_samples",)
 #: keys whose change re-measures from the rows there are: the sample keys only change which

@@ -159,6 +159,7 @@ def test_model_paths_follow_paths_models_dir(tmp_path):
         ("train.per_device_batch_size=0", "train.per_device_batch_size must be >= 1"),
         ("eval.num_beams=0", "eval.num_beams must be >= 1"),
         ("eval.batch_size=0", "eval.batch_size must be >= 1"),
+        ("eval.beam_batch_size=-1", "eval.beam_batch_size must be >= 0 (0 = eval.batch_size), got -1"),
         ("explain.batch_size=0", "explain.batch_size must be >= 1"),
         ("train.max_train_samples=-1", "train.max_train_samples must be >= 0 (0 = all), got -1"),
         ("train.max_eval_samples=-3", "train.max_eval_samples must be >= 0"),

@@ -101,6 +101,33 @@ def test_batched_generation_equals_one_at_a_time(env):
     assert bool((batch["attention_mask"][:, -1] == 1).all())
 
 
+def test_beam_search_runs_in_calls_of_beam_batch_size_prompts(env, monkeypatch):
+    import dataclasses
+
+    import src.generation as gen
+
+    recs = [r for r in env.text + env.emb if r["type"] == "uid2next"][:5]
+    calls: list[int] = []
+    real = gen._run_generate
+
+    def counting(model, batch, **kw):
+        calls.append(int(batch["input_ids"].shape[0]))
+        return real(model, batch, **kw)
+
+    monkeypatch.setattr(gen, "_run_generate", counting)
+    small = dataclasses.replace(env.cfg, eval=dataclasses.replace(env.cfg.eval, beam_batch_size=2))
+    beams = generate_texts(env.model, env.tok, recs, small, max_new_tokens=6, num_beams=2, num_return_sequences=2,
+                           batch_size=5)
+    assert calls == [2, 2, 1]
+    calls.clear()
+    assert generate_texts(env.model, env.tok, recs, env.cfg, max_new_tokens=6, num_beams=2, num_return_sequences=2,
+                          batch_size=5) == beams
+    assert calls == [5]
+    calls.clear()
+    generate_texts(env.model, env.tok, recs, small, max_new_tokens=6, batch_size=5)  # greedy: not capped
+    assert calls == [5]
+
+
 def test_special_tokens_are_never_generated(env):
     stop = [env.tok.eos_token_id]
     sup = suppressed_token_ids(env.tok, stop)
