@@ -503,8 +503,8 @@ def grouped_next_token_logprobs(model: Any, batch: dict[str, torch.Tensor], grou
     WHY: ranking a record's candidates pointwise asks one task-3 question per candidate, and
     the questions differ only after the user's history (the item comes last). Each group's
     common prefix goes through the model once, its KV cache is copied to the group's rows,
-    and only the rows' own suffixes run after it: 5 candidates cost ~1.3 prompts instead of
-    5. `groups` partitions the row indices of `batch`; the result is in row order and equals
+    and only the rows' own suffixes run after it: 5 candidates cost about 2 prompts instead
+    of 5 (2.2-2.6x faster on the ML-100K pointwise run). `groups` partitions the row indices of `batch`; the result is in row order and equals
     the one-by-one result up to float rounding. A plain HF model (no markers) and a head
     with logit soft-capping take the one-by-one path.
     """
