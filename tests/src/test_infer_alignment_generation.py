@@ -183,9 +183,9 @@ def test_grouped_yes_no_scores_equal_the_one_by_one_scores(env):
     with torch.no_grad():
         embeds = env.model.embed_inputs(ids, b["user_histories"], b["item_ids"])
     marker = int((ids[0] == env.model.item_token_id).nonzero()[0])
-    assert _shared_prefix_length(list(ids), list(embeds)) == marker
+    assert _shared_prefix_length(list(embeds)) == marker
     # one row: everything but its last token is the prefix
-    assert _shared_prefix_length([ids[0]], [embeds[0]]) == ids.shape[1] - 1
+    assert _shared_prefix_length([embeds[0]]) == ids.shape[1] - 1
 
 
 def test_yes_no_head_runs_in_float32_under_bf16_weights(env):
