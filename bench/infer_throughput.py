@@ -8,6 +8,12 @@ Runs ``src.generation.generate_texts`` twice over the same prompts -- once with
 prompt per call -- and prints samples/s for both and their ratio, plus how many greedy
 outputs agree (they should all agree: batching must not change results).
 
+It also prints the batched run's executed matmul FLOP/s against this machine's measured
+matmul peak in the model's dtype: the decoder layers' 2 x params per position they run
+(padding and rows that already finished included) plus the LM head's 2 x V x H per row it
+scores. WHY: it says whether decoding still has speed to win (a low fraction) or is bound
+by arithmetic, where only fewer tokens help (on a 2-core AVX2 machine, float32: ~75%).
+
 Prompts are the config's task-1 evaluation records (``tasks/behaviour_valid.json``) when
 they exist, otherwise task-1 questions rendered from the data_gen templates with
 synthetic titles, so the benchmark runs on a fresh checkout. The default model is the
@@ -33,6 +39,7 @@ import torch  # noqa: E402
 
 from core.config import ConfigError, load_config  # noqa: E402
 from core.utils import StageError, resolve_device, set_seed, setup_logging  # noqa: E402
+from bench.train_throughput import matmul_peak  # noqa: E402
 
 log = logging.getLogger("bench.infer_throughput")
 
@@ -55,6 +62,32 @@ def prompts(cfg, n: int, seed: int) -> list[dict]:
                     "answer": "", "history": [], "iids_in_question": []})
     log.info("prompts: %d synthetic task-1 questions", n)
     return out
+
+
+class FlopCounter:
+    """Counts the positions the decoder layers and the LM head execute (forward hooks)."""
+
+    def __init__(self, model) -> None:
+        layers = model.get_decoder().layers
+        self.body_params = sum(p.numel() for p in layers.parameters())
+        head = model.get_output_embeddings()
+        self.head_params = head.weight.numel()
+        self.positions = self.head_rows = 0
+        self._hooks = [layers[0].register_forward_hook(self._layer), head.register_forward_hook(self._head)]
+
+    def _layer(self, module, args, output) -> None:
+        hidden = output[0] if isinstance(output, tuple) else output
+        self.positions += hidden.shape[:-1].numel()
+
+    def _head(self, module, args, output) -> None:
+        self.head_rows += args[0].shape[:-1].numel()
+
+    def flops(self) -> int:
+        return 2 * (self.body_params * self.positions + self.head_params * self.head_rows)
+
+    def close(self) -> None:
+        for h in self._hooks:
+            h.remove()
 
 
 def timed_run(model, tok, recs, cfg, batch_size: int, max_new_tokens: int, num_beams: int) -> tuple[float, list]:
@@ -94,7 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         recs = prompts(cfg, args.samples, cfg.seed)
         # warm-up (first-call allocations, kernel selection) outside the timings
         timed_run(model, tok, recs[:2], cfg, 2, 4, args.num_beams)
+        counter = FlopCounter(model)
         t_batched, out_b = timed_run(model, tok, recs, cfg, args.batch_size, args.max_new_tokens, args.num_beams)
+        counter.close()
+        dtype = next(model.parameters()).dtype
+        peak = matmul_peak(dtype, device)
         t_single, out_s = timed_run(model, tok, recs, cfg, 1, args.max_new_tokens, args.num_beams)
     except (StageError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -107,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"batched (batch_size={args.batch_size}): {n / t_batched:8.2f} samples/s  ({t_batched:.2f}s)")
     print(f"one at a time (batch_size=1): {n / t_single:8.2f} samples/s  ({t_single:.2f}s)")
     print(f"speed-up: {t_single / t_batched:.2f}x; identical outputs: {same}/{n}")
+    rate = counter.flops() / t_batched
+    print(f"batched run: {counter.positions} decoder positions, {counter.head_rows} LM-head rows, "
+          f"{rate / 1e9:.1f} GFLOP/s = {100 * rate / peak:.0f}% of the measured {str(dtype).replace('torch.', '')} "
+          f"matmul peak ({peak / 1e9:.1f} GFLOP/s)")
     return 0
 
 

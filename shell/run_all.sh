@@ -7,8 +7,9 @@
 # --nproc N: training processes of the train_* stages only (shell/train.sh; same as NPROC=N).
 #
 # Default: configs/ml100k.yaml (MovieLens-100K + SASRec + SmolLM2-135M-Instruct on CPU,
-# about an hour on 2 cores). `--profile long` swaps in configs/<name>_long.yaml (2-7x the
-# training records per variant; 2 h 10 min from a fresh clone on 2 cores); `--profile full`
+# about an hour on a 2-core AMX machine, 2.5-3 h on an AVX2-only one). `--profile long`
+# swaps in configs/<name>_long.yaml (2-7x the training records per variant; 2 h 10 min from a
+# fresh clone on a 2-core AMX machine); `--profile full`
 # the paper-scale sibling (configs/<name>_full.yaml) when one exists. Every stage skips work
 # whose outputs exist, so re-running after an interruption continues where it stopped.
 source "$(dirname "$0")/_common.sh"
