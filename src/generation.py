@@ -533,7 +533,7 @@ def grouped_next_token_logprobs(model: Any, batch: dict[str, torch.Tensor], grou
     owner = torch.tensor([k for k, g in enumerate(groups) for _ in g], device=dev)
     cache.batch_select_indices(owner)
     suf, suf_mask = left_padded([rows_emb[r][plens[k]:] for k, g in enumerate(groups) for r in g])
-    suf_pos = (suf_mask.cumsum(-1) - 1).clamp(min=0) + torch.tensor([plens[k] for k in owner.tolist()], device=dev)[:, None]
+    suf_pos = (suf_mask.cumsum(-1) - 1).clamp(min=0) + torch.tensor(plens, device=dev)[owner, None]
     hidden = decoder(inputs_embeds=suf, attention_mask=torch.cat([pre_mask[owner], suf_mask], dim=1),
                      position_ids=suf_pos, past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
     lp = _head_logprobs(lm, hidden)
