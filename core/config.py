@@ -248,6 +248,14 @@ class TrainConfig:
     #: rates per token (I and H need passes over the task-3 pairs, B's prompts are the longest),
     #: so one budget for all three spends a CPU hour badly
     max_train_samples_per_type: dict[str, int] = field(default_factory=dict)
+    #: wall-clock seconds of training per RecExplainer variant ({behaviour: S, intention: S,
+    #: both: S}; a variant left out, or 0, has none): before training, forward+backward is
+    #: timed on a few real batches and the variant keeps as many of its records as fit
+    #: (src.budget). A ceiling on the records above, never more. Evaluation passes, probes and
+    #: checkpoints are not counted. WHY: the same records take 2-3x longer on some CPUs.
+    time_budget_s: dict[str, float] = field(default_factory=dict)
+    #: micro-batches timed to size train.time_budget_s (after one warm-up batch)
+    budget_calibration_batches: int = 4
     max_eval_samples: int = 0
     #: task record types (e.g. uid2next, iid2sim, uid2hist) dropped from the train and valid
     #: files before any subsampling; the Figure 7 ablation (src.ablation) sets it per variant
@@ -657,6 +665,8 @@ _RANGES: dict[str, tuple[float, bool, str]] = {
     "train.max_train_samples": (0, False, "0 = all"),
     "train.max_train_samples_per_type": (0, False, "0 = all"),
     "train.max_eval_samples": (0, False, "0 = all"),
+    "train.time_budget_s": (0, False, "0 = no budget"),
+    "train.budget_calibration_batches": (1, False, ""),
     "train.projector_lr": (0, False, "0 = train.lr"),
     "train.prealign_steps": (0, False, "0 = off"),
     "train.prealign_lr": _POSITIVE,

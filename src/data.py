@@ -157,11 +157,13 @@ class TaskDataset(Dataset):
         user_id, item_id = marker_ids(tokenizer)
         L = cfg.recmodel.max_seq_len
         self.rows: list[dict[str, Any]] = []
+        #: which of `records` each row was encoded from (dropped records leave gaps)
+        self.record_index: list[int] = []
         self.n_truncated = 0
         self.n_dropped = 0
         #: multi-turn conversations whose later turns did not fit llm.max_length
         self.n_turns_cut = 0
-        for rec in tqdm(records, desc=desc, leave=False, mininterval=5):
+        for k, rec in enumerate(tqdm(records, desc=desc, leave=False, mininterval=5)):
             if rec.get("messages") is not None:
                 msgs = check_messages(rec["messages"], str(rec.get("id", "?")))
                 ex = encode_conversation(tokenizer, msgs, cfg)
@@ -176,6 +178,7 @@ class TaskDataset(Dataset):
             self.rows.append(
                 {"input_ids": ex.input_ids, "labels": ex.labels, "user_histories": users, "item_ids": items}
             )
+            self.record_index.append(k)
         if self.n_truncated or self.n_dropped:
             log.warning(
                 "%s: %d of %d samples were shortened to fit llm.max_length=%d (the question cut from its "
@@ -188,6 +191,10 @@ class TaskDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def keep_first(self, n: int) -> None:
+        """Train on the first `n` rows only (train.time_budget_s; the rows are in seeded random order)."""
+        del self.rows[n:], self.record_index[n:]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return self.rows[i]

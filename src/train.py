@@ -3,7 +3,8 @@
 Reads tasks/<T>_train.json and <T>_valid.json (T = behaviour | intention | both), trains
 LoRA (or the full model, ``llm.lora.enabled=false``) plus the two projectors with the HF
 ``Trainer`` and writes cfg.llm_dir/<T>/: adapter/ or model/, projectors.pt, tokenizer/,
-train_log.jsonl (one row per logging/eval step) and meta.json (done marker + numbers).
+train_log.jsonl (one row per logging/eval step), meta.json (done marker + numbers) and, under
+``train.time_budget_s``, budget.json (the measured speed and the records kept: src.budget).
 Checkpoints under <T>/checkpoints/ hold only the trainable weights plus optimizer state;
 a killed run resumes from the newest complete one (a damaged one is set aside with a
 warning: see _last_checkpoint). The same entry point runs on CPU, one GPU, or
@@ -21,6 +22,7 @@ import re
 import shutil
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ import torch
 
 from core.config import Config, ConfigError, add_config_args, config_from_args
 from core.stamps import current, fingerprint, write_stamp
+from src.budget import PLAN_FILE as BUDGET_FILE, plan_budget, time_budget_of
 from src.data import TaskCollator, TaskDataset, filter_task_types, load_task_records, mix_tasks, subsample
 from src.model import (
     META_FILE,
@@ -373,9 +376,11 @@ def _last_checkpoint(ckpt_dir: Path) -> str | None:
 
 #: train.* keys that change how a run is logged, checkpointed or launched, not what it learns
 _NOT_LEARNING = ("train.eval_steps", "train.save_steps", "train.logging_steps", "train.probe_points",
-                 "train.probe_samples", "train.max_eval_samples", "train.gradient_checkpointing", "train.deepspeed")
+                 "train.probe_samples", "train.max_eval_samples", "train.gradient_checkpointing", "train.deepspeed",
+                 "train.budget_calibration_batches")
 #: settings stamped as their value for the variant at hand (train_fingerprint)
-_PER_VARIANT = ("train.task_mix", "train.max_train_samples", "train.max_train_samples_per_type")
+_PER_VARIANT = ("train.task_mix", "train.max_train_samples", "train.max_train_samples_per_type",
+                "train.time_budget_s")
 
 
 def train_fingerprint(cfg: Config, task_type: str, zero_projectors: bool = False,
@@ -389,6 +394,9 @@ def train_fingerprint(cfg: Config, task_type: str, zero_projectors: bool = False
     fp["settings"].update({"train.task_mix": task_mix_of(cfg, task_type),
                            "train.max_train_samples": train_budget_of(cfg, task_type)},
                           zero_projectors=zero_projectors, max_steps=max_steps)
+    budget_s = time_budget_of(cfg, task_type)
+    if budget_s:  # only when set: stamps of unbudgeted models stay what they were
+        fp["settings"]["train.time_budget_s"] = budget_s
     return fp
 
 
@@ -469,11 +477,19 @@ def train(
         # Under N processes rank 0 deletes while the others wait (no two rmtree races).
         with args.main_process_first(local=False, desc="--force cleanup"):
             if args.process_index == 0:
-                for p in (meta_path, ckpt_dir, out / "train_log.jsonl"):
+                for p in (meta_path, ckpt_dir, out / "train_log.jsonl", out / BUDGET_FILE):
                     if p.is_dir():
                         shutil.rmtree(p)
                     elif p.exists():
                         p.unlink()
+    budget_s = time_budget_of(cfg, task_type)
+    plan = None
+    if budget_s > 0:  # rank 0 measures and writes the plan; the others then read it
+        with args.main_process_first(local=False, desc="train.time_budget_s"):
+            plan = plan_budget(model.to(args.device), train_ds, collator, cfg, budget_s, out, args.device, world,
+                               min_rows=effective)
+        train_ds.keep_first(plan.rows_kept)
+        train_recs = [train_recs[i] for i in train_ds.record_index]
     model.touch_unused_projectors = bool(args.deepspeed)  # ZeRO-2: same gradients on every rank
     RecTrainer, JsonlLogCallback = _trainer_classes()
     log_path = out / "train_log.jsonl"
@@ -527,6 +543,7 @@ def train(
             "bf16_autocast": bool(cfg.train.bf16),
             "exclude_tasks": list(exclude),
             "task_counts": _type_counts(train_recs),  # what it trained on, per record type
+            "time_budget": asdict(plan) if plan else None,
             "n_train": len(train_ds),
             "n_eval": len(eval_ds) if eval_ds is not None else 0,
             "n_truncated": train_ds.n_truncated + (eval_ds.n_truncated if eval_ds else 0),
