@@ -61,19 +61,25 @@ class BudgetPlan:
     estimated_s: float
 
 
+#: the Trainer's length grouping sorts random "megabatches" of this many batches
+MEGABATCH = 50
+
+
 def _batches(lengths: Sequence[int], size: int, n: int, grouped: bool, seed: int) -> list[list[int]]:
-    """`n` micro-batches of row indices, drawn as the Trainer draws them: neighbours in length
-    when it groups by length (little padding), else uniformly at random."""
+    """`n` micro-batches of row indices, drawn as the Trainer draws them (the padding, and so the
+    cost per real token, depends on it): under length grouping one batch-sized window of a
+    length-sorted random megabatch, as transformers' LengthGroupedSampler cuts them; else
+    uniformly at random."""
     rng = random.Random(seed)
     size = min(size, len(lengths))
-    order = sorted(range(len(lengths)), key=lengths.__getitem__) if grouped else None
     out = []
     for _ in range(n):
-        if order is None:
+        if not grouped:
             out.append(rng.sample(range(len(lengths)), size))
-        else:
-            start = rng.randrange(len(order) - size + 1)
-            out.append(order[start:start + size])
+            continue
+        mega = sorted(rng.sample(range(len(lengths)), min(len(lengths), MEGABATCH * size)), key=lengths.__getitem__)
+        start = rng.randrange(len(mega) - size + 1)
+        out.append(mega[start:start + size])
     return out
 
 
