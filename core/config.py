@@ -254,8 +254,10 @@ class TrainConfig:
     #: (src.budget). A ceiling on the records above, never more. Evaluation passes, probes and
     #: checkpoints are not counted. WHY: the same records take 2-3x longer on some CPUs.
     time_budget_s: dict[str, float] = field(default_factory=dict)
-    #: micro-batches timed to size train.time_budget_s (after one warm-up batch)
-    budget_calibration_batches: int = 4
+    #: micro-batches timed to size train.time_budget_s (after one warm-up batch); their time
+    #: counts against the budget. Batch costs vary ~6x with the padded width, so few are noisy
+    #: (on ML-100K: 4 batches read 179 tokens/s where training ran 273; 12-24 read 251-255)
+    budget_calibration_batches: int = 16
     max_eval_samples: int = 0
     #: task record types (e.g. uid2next, iid2sim, uid2hist) dropped from the train and valid
     #: files before any subsampling; the Figure 7 ablation (src.ablation) sets it per variant

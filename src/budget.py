@@ -8,12 +8,13 @@ trains on the same records as its checkpoint. Stopping a run at a deadline inste
 Lightning's ``max_time`` does) would cut the linear decay off at whatever learning rate it had
 reached.
 
-How: time forward+backward of a few real micro-batches of the training file on the model
-about to be trained (after one warm-up), in the precision, checkpointing and batch
-grouping that the Trainer will use, and keep the longest prefix of the (seeded, shuffled)
-training rows whose tokens fit. What the budget does not cover, and the log says so:
-evaluation passes, learning-curve probes, checkpoints and the optimizer step (small for
-LoRA). The plan is written to ``budget.json`` beside the model and reused on a re-run.
+How: time forward+backward of real micro-batches of the training file
+(``train.budget_calibration_batches``, after one warm-up) on the model about to be trained,
+in the precision, checkpointing and batch grouping that the Trainer will use, and keep the
+longest prefix of the (seeded, shuffled) training rows whose tokens fit in what the
+measurement left of the budget. Not covered, and the log says so: evaluation passes,
+learning-curve probes, checkpoints and the optimizer step (small for LoRA). The plan is
+written to ``budget.json`` beside the model and reused on a re-run.
 """
 
 from __future__ import annotations
@@ -150,10 +151,12 @@ def plan_budget(model: Any, dataset: Any, collator: Any, cfg: Config, budget_s: 
                 log.info("train.time_budget_s=%g: keeping the plan in %s (%d of %d rows)", budget_s, path,
                          old.rows_kept, n_rows)
                 return old
+    t0 = time.perf_counter()
     spt = seconds_per_token(model, dataset, collator, cfg, device)
+    left = max(0.0, budget_s - (time.perf_counter() - t0))  # measuring was part of the budget
     lengths = [len(r["input_ids"]) for r in dataset.rows]
     # every process trains its share of the rows at the measured speed
-    kept = rows_within(lengths, budget_s / spt * world_size, cfg.train.epochs, min_rows)
+    kept = rows_within(lengths, left / spt * world_size, cfg.train.epochs, min_rows)
     tokens_kept = sum(lengths[:kept])
     plan = BudgetPlan(
         time_budget_s=budget_s, seconds_per_token=spt, tokens_per_s=round(1.0 / spt, 2), rows_planned=n_rows,
