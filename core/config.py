@@ -250,13 +250,14 @@ class TrainConfig:
     max_train_samples_per_type: dict[str, int] = field(default_factory=dict)
     #: wall-clock seconds of training per RecExplainer variant ({behaviour: S, intention: S,
     #: both: S}; a variant left out, or 0, has none): before training, forward+backward is
-    #: timed on a few real batches and the variant keeps as many of its records as fit
+    #: timed on real batches and the variant keeps as many of its records as fit
     #: (src.budget). A ceiling on the records above, never more. Evaluation passes, probes and
     #: checkpoints are not counted. WHY: the same records take 2-3x longer on some CPUs.
     time_budget_s: dict[str, float] = field(default_factory=dict)
     #: micro-batches timed to size train.time_budget_s (after one warm-up batch); their time
     #: counts against the budget. Batch costs vary ~6x with the padded width, so few are noisy
-    #: (on ML-100K: 4 batches read 179 tokens/s where training ran 273; 12-24 read 251-255)
+    #: (I's ML-100K records: 4 batches read 179 or 335 tokens/s by the draw, 12-24 read
+    #: 251-255, training ran 252-288)
     budget_calibration_batches: int = 16
     max_eval_samples: int = 0
     #: task record types (e.g. uid2next, iid2sim, uid2hist) dropped from the train and valid

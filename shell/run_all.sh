@@ -7,7 +7,8 @@
 # --nproc N: training processes of the train_* stages only (shell/train.sh; same as NPROC=N).
 #
 # Default: configs/ml100k.yaml (MovieLens-100K + SASRec + SmolLM2-135M-Instruct on CPU,
-# about an hour on a 2-core AMX machine, 2.5-3 h on an AVX2-only one). `--profile long`
+# about an hour on a 2-core AMX machine, 1 h 42 min on a 2-core AVX-512-BF16 one, 2.5-3 h on an
+# AVX2-only one; `--set train.time_budget_s.<variant>=SECONDS` bounds training). `--profile long`
 # swaps in configs/<name>_long.yaml (2-7x the training records per variant; 2 h 10 min from a
 # fresh clone on a 2-core AMX machine); `--profile full`
 # the paper-scale sibling (configs/<name>_full.yaml) when one exists. Every stage skips work
@@ -25,7 +26,7 @@ while [ $# -gt 0 ]; do
     --only) ONLY="$2"; shift 2 ;;
     --nproc) export NPROC="$2"; shift 2 ;;  # read by shell/train.sh only
     --nproc=*) export NPROC="${1#--nproc=}"; shift ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) POS+=("$1"); shift ;;
   esac
 done
