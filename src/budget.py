@@ -19,7 +19,6 @@ written to ``budget.json`` beside the model and reused on a re-run.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import time
@@ -29,22 +28,12 @@ from typing import Any, Sequence
 
 import torch
 
-from core.config import Config, ConfigError
-from core.registry import TRAIN_TYPES
+from core.config import Config
 from core.utils import StageError, read_json, write_json
 
 log = logging.getLogger(__name__)
 
 PLAN_FILE = "budget.json"
-
-
-def time_budget_of(cfg: Config, task_type: str) -> float:
-    """Seconds of training for one variant (``train.time_budget_s[task_type]``; 0 = no budget)."""
-    per = cfg.train.time_budget_s
-    unknown = sorted(set(per) - set(TRAIN_TYPES))
-    if unknown:
-        raise ConfigError(f"train.time_budget_s: unknown task type '{unknown[0]}' (known: {', '.join(TRAIN_TYPES)})")
-    return float(per.get(task_type, 0) or 0)
 
 
 @dataclass
@@ -84,12 +73,6 @@ def _batches(lengths: Sequence[int], size: int, n: int, grouped: bool, seed: int
     return out
 
 
-def _autocast(cfg: Config, device: torch.device) -> Any:
-    if cfg.train.bf16 or cfg.train.fp16:
-        return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.train.bf16 else torch.float16)
-    return contextlib.nullcontext()
-
-
 def seconds_per_token(model: Any, dataset: Any, collator: Any, cfg: Config, device: torch.device) -> float:
     """Wall seconds per (non-padding) training token of forward+backward on this machine.
 
@@ -108,7 +91,8 @@ def seconds_per_token(model: Any, dataset: Any, collator: Any, cfg: Config, devi
         for k, idx in enumerate(picks):
             batch = {key: v.to(device) for key, v in collator([rows[i] for i in idx]).items()}
             t0 = time.perf_counter()
-            with _autocast(cfg, device):
+            with torch.autocast(device.type, dtype=torch.bfloat16 if cfg.train.bf16 else torch.float16,
+                                enabled=cfg.train.bf16 or cfg.train.fp16):
                 loss = model(**batch).loss
             loss.backward()
             if device.type == "cuda":
