@@ -455,6 +455,15 @@ class PipelineConfig:
     explain_methods: list[str] = field(default_factory=lambda: ["none", "behaviour", "intention", "both", "chatgpt"])
     #: valid feeds Table 2; train feeds the discriminator and score predictor
     explain_splits: list[str] = field(default_factory=lambda: ["valid", "train"])
+    #: wall-clock seconds for the whole `bash shell/run_all.sh`, from its start (0 = no
+    #: limit). Before each training stage, what is left of it, less the predicted time of the
+    #: stages after training, becomes that variant's ``train.time_budget_s`` (src.deadline).
+    #: WHY: the same records train 2-3x slower on some CPUs, so only a limit in seconds,
+    #: measured on the machine at hand, keeps the CPU run to its hour everywhere.
+    time_limit_s: float = 0
+    #: how the training time under time_limit_s is split between the variants (relative
+    #: weights; a variant left out gets 1)
+    time_shares: dict[str, float] = field(default_factory=dict)
 
 
 class _UnderRoot:
@@ -669,6 +678,8 @@ _RANGES: dict[str, tuple[float, bool, str]] = {
     "train.max_train_samples_per_type": (0, False, "0 = all"),
     "train.max_eval_samples": (0, False, "0 = all"),
     "train.time_budget_s": (0, False, "0 = no budget"),
+    "pipeline.time_limit_s": (0, False, "0 = no limit"),
+    "pipeline.time_shares": (0, True, "a variant's share of the training time"),
     "train.budget_calibration_batches": (1, False, ""),
     "train.projector_lr": (0, False, "0 = train.lr"),
     "train.prealign_steps": (0, False, "0 = off"),

@@ -44,9 +44,17 @@ done
 roots="$(python -m src.seeds --config "$CONFIG" --seeds "$SEEDS" --link ${ARGS[@]+"${ARGS[@]}"})"
 while read -r seed root; do
   for tt in $TYPES; do
+    # another seed trains as many records as the main run's model did (which, under
+    # pipeline.time_limit_s, is what its time allowed), not a count sized anew by the clock
+    same=()
+    if [ "$root" != "$ROOT" ]; then
+      sets="$(python -m src.seeds --config "$CONFIG" --seeds "$SEEDS" --same_records "$tt" ${ARGS[@]+"${ARGS[@]}"})" \
+        || exit $?
+      while read -r s; do same+=(--set "$s"); done <<<"$sets"
+    fi
     for st in "train_$tt" "align_$tt"; do
       bash shell/run_all.sh "$CONFIG" --only "$st" ${ARGS[@]+"${ARGS[@]}"} \
-        --set "paths.root=$root" --set "train.seed=$seed" </dev/null
+        --set "paths.root=$root" --set "train.seed=$seed" ${same[@]+"${same[@]}"} </dev/null
     done
   done
 done <<<"$roots"

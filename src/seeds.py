@@ -29,7 +29,7 @@ from typing import Any
 from core.config import Config, add_config_args, config_arg, config_from_args, load_config
 from core.registry import TRAIN_TYPES, base_model_name, method_label
 from core.tables import MISSING, NA, Cell, write_table
-from core.utils import StageError, run_stage
+from core.utils import StageError, read_json, run_stage
 from src.table1 import table1
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,22 @@ def seed_config(cfg: Config, seed: int, overrides: list[str] | None = None) -> C
     """`cfg` (its file and `overrides`) with seed `seed`'s root and training seed."""
     return load_config(cfg.source_file, list(overrides or []) + [f"paths.root={seed_root(cfg, seed)}",
                                                                   f"train.seed={seed}"])
+
+
+def same_records(cfg: Config, task_type: str) -> list[str]:
+    """Settings (``--set`` values) under which a seed root trains `task_type` on as many records
+    as the main run did. WHY: under ``pipeline.time_limit_s`` the main run kept what its time
+    allowed (``meta.json`` ``time_budget.rows_kept``); a seed run sized anew by its own clock
+    would differ in budget as well as in seed."""
+    meta = cfg.llm_dir / task_type / "meta.json"
+    if not meta.is_file():
+        raise StageError(f"{meta}: missing; train the main run's {task_type} first "
+                         f"(bash shell/run_all.sh {config_arg(cfg)}), then the seeds")
+    plan = read_json(meta, "trained model metadata").get("time_budget") or {}
+    sets = ["pipeline.time_limit_s=0"]
+    if plan.get("rows_kept"):
+        sets.append(f"train.max_train_samples_per_type.{task_type}={plan['rows_kept']}")
+    return sets
 
 
 def link_root(cfg: Config, seed: int) -> Path:
@@ -141,11 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--link", action="store_true", help="create the seed roots; print 'SEED ROOT' lines")
     parser.add_argument("--split", choices=["valid", "test"], default="valid", help="evaluation split")
     parser.add_argument("--task_types", default="", help="variants to report, comma-separated (default: all)")
+    parser.add_argument("--same_records", metavar="VARIANT", default="",
+                        help="print the --set values that train VARIANT on the main run's record count")
     args = parser.parse_args(argv)
 
     def body() -> None:
         cfg = config_from_args(args)
         seeds = parse_seeds(args.seeds)
+        if args.same_records:
+            print("\n".join(same_records(cfg, args.same_records)))
+            return
         if args.link:
             for seed in seeds:
                 print(seed, link_root(cfg, seed))

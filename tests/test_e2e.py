@@ -75,6 +75,19 @@ def test_every_stage_output_exists_and_parses(e2e):
             assert len(list(csv.reader(f))) >= 2
 
 
+def test_training_is_sized_to_the_run_time_limit(e2e):
+    """tiny.yaml inherits cpu.yaml's pipeline.time_limit_s: the base model's stages run before
+    training, and each variant trained under the budget src.deadline gave it."""
+    out, stdout, _ = e2e
+    rows = [line.split("\t") for line in (out / "logs/stage_times.tsv").read_text().splitlines()]
+    order = [stage for _, stage, _ in rows]
+    assert order.index("align_none") < order.index("explain_none") < order.index("train_behaviour")
+    assert order.index("train_both") < order.index("align_behaviour")
+    for name in ("behaviour", "intention", "both"):
+        plan = read_json(out / f"llm/{name}/meta.json")["time_budget"]
+        assert plan and plan["time_budget_s"] >= 60 and plan["rows_kept"] > 0
+
+
 def test_tables_are_printed_with_every_method(e2e):
     _, stdout, _ = e2e
     assert "Table 1" in stdout and "Table 3" in stdout

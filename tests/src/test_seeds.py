@@ -6,7 +6,7 @@ import pytest
 
 from core.config import load_config
 from core.utils import StageError, write_json
-from src.seeds import SHARED, link_root, main as seeds_main, parse_seeds, seed_root, table1_seeds
+from src.seeds import SHARED, link_root, main as seeds_main, parse_seeds, same_records, seed_root, table1_seeds
 
 
 def _cfg(tmp_path, *more):
@@ -111,3 +111,16 @@ def test_cli_links_then_writes_the_table(tmp_path, capsys):
     assert "--seeds: expected" in capsys.readouterr().err
     assert seeds_main(args + ["--task_types", "both,hybrid"]) == 2
     assert "--task_types: unknown variant 'hybrid'" in capsys.readouterr().err
+
+
+def test_a_seed_root_trains_the_main_runs_record_count(tmp_path, capsys):
+    cfg = _cfg(tmp_path)
+    with pytest.raises(StageError, match=r"llm/both/meta\.json: missing; train the main run's both first"):
+        same_records(cfg, "both")
+    write_json(cfg.llm_dir / "both" / "meta.json", {"done": True, "time_budget": {"rows_kept": 1523}})
+    assert same_records(cfg, "both") == ["pipeline.time_limit_s=0", "train.max_train_samples_per_type.both=1523"]
+    write_json(cfg.llm_dir / "both" / "meta.json", {"done": True, "time_budget": None})  # no limit: its records
+    assert same_records(cfg, "both") == ["pipeline.time_limit_s=0"]
+    assert seeds_main(["--config", "configs/tiny.yaml", "--set", f"paths.root={cfg.root}", "--seeds", "42,7",
+                       "--same_records", "both"]) == 0
+    assert capsys.readouterr().out.split() == ["pipeline.time_limit_s=0"]
