@@ -579,15 +579,20 @@ def _coerce(tp: Any, value: Any, where: str, src: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{src}: '{where}' must be a mapping, got {value!r}")
-        return dict(value)
+        _, val_tp = typing.get_args(tp) or (str, Any)
+        # each value of a numeric mapping is checked as a number field is (so YAML 1.1's string
+        # `1e-06`, how Python prints 0.000001, is the number it spells); a mapping among them
+        # is a per-variant entry (train.task_mix), checked where it is used
+        return {k: v if isinstance(v, dict) or val_tp not in (int, float) else _coerce(val_tp, v, f"{where}.{k}", src)
+                for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{src}: '{where}' must be true/false, got {value!r}")
     if tp in (int, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            try:
-                value = tp(value)
+            try:  # via float: "2e2" is a number to YAML 1.1's reader only as a string
+                value = float(value) if isinstance(value, str) else tp(value)
             except (TypeError, ValueError):
                 raise ConfigError(f"{src}: '{where}' must be a number, got {value!r}") from None
         if tp is int and isinstance(value, float):

@@ -80,7 +80,8 @@ train_variant() {
   # pipeline.time_limit_s leaves this variant (src.deadline; nothing when there is no limit)
   local tt="$1"; shift
   local budget
-  budget="$(python -m src.deadline --config "$CONFIG" --task_type "$tt" --started "$T_ALL" "$@")" || return $?
+  budget="$(python -m src.deadline --config "$CONFIG" --task_type "$tt" --started "$T_ALL" --after "$AFTER_TRAIN" \
+    "$@")" || return $?
   bash shell/train.sh "$CONFIG" --task_type "$tt" ${budget:+--set "train.time_budget_s.$tt=$budget"} "$@"
 }
 
@@ -137,6 +138,10 @@ for want in "$FROM" "$ONLY"; do
   if [ -n "$want" ] && ! printf '%s\n' "${NAMES[@]}" | grep -qx -- "$want"; then
     echo "error: unknown stage '$want'; stages of this config: ${NAMES[*]}" >&2; exit 2
   fi
+done
+AFTER_TRAIN=""  # the stages after the last training stage: src.deadline predicts their time
+for name in "${NAMES[@]}"; do
+  case "$name" in train_*) AFTER_TRAIN="" ;; *) AFTER_TRAIN+="$name " ;; esac
 done
 DRY=0
 pipeline

@@ -15,6 +15,9 @@ longest prefix of the (seeded, shuffled) training rows whose tokens fit in what 
 measurement left of the budget. Not covered, and the log says so: evaluation passes,
 learning-curve probes, checkpoints and the optimizer step (small for LoRA). The plan is
 written to ``budget.json`` beside the model and reused on a re-run.
+
+Also here: how many records (``train_budget_of``) and seconds (``time_budget_of``) a variant's
+settings give it, read by src.train, src.deadline and the tests alike.
 """
 
 from __future__ import annotations
@@ -28,12 +31,35 @@ from typing import Any, Sequence
 
 import torch
 
-from core.config import Config
+from core.config import Config, ConfigError
+from core.registry import TRAIN_TYPES
 from core.utils import StageError, read_json, write_json
 
 log = logging.getLogger(__name__)
 
 PLAN_FILE = "budget.json"
+
+
+def per_variant(per: dict[str, Any], key: str, task_type: str, default: float) -> float:
+    """`per[task_type]` of a per-variant mapping (config key `key`), else `default`; a key that
+    is not a variant is an error (a misspelt variant would silently get the default)."""
+    unknown = sorted(set(per) - set(TRAIN_TYPES))
+    if unknown:
+        raise ConfigError(f"{key}: unknown task type '{unknown[0]}' (known: {', '.join(TRAIN_TYPES)})")
+    return per.get(task_type, default)
+
+
+def train_budget_of(cfg: Config, task_type: str) -> int:
+    """Records one variant trains on: train.max_train_samples_per_type[task_type], else
+    train.max_train_samples (0 = all)."""
+    t = cfg.train
+    return int(per_variant(t.max_train_samples_per_type, "train.max_train_samples_per_type", task_type,
+                           t.max_train_samples))
+
+
+def time_budget_of(cfg: Config, task_type: str) -> float:
+    """Seconds of training for one variant (``train.time_budget_s[task_type]``; 0 = no budget: src.budget)."""
+    return float(per_variant(cfg.train.time_budget_s, "train.time_budget_s", task_type, 0) or 0)
 
 
 @dataclass

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from core.config import Config, ConfigError, add_config_args, config_from_args
 from core.utils import StageError, read_json
+from src.budget import per_variant, time_budget_of
 
 log = logging.getLogger(__name__)
 
@@ -92,22 +93,30 @@ def _recorded_budget(out: Path) -> float | None:
     return None
 
 
-def plan_seconds(limit_s: float, elapsed_s: float, times: StageTimes, pending: list[str], task_type: str,
-                 shares: dict[str, float], n_align_after: int, n_explain_after: int,
-                 overhead_s: float) -> tuple[float, str]:
-    """The budget for `task_type` (one of `pending`, the variants not trained yet) and how it
-    was reached, for the log."""
+def predict_after(after: list[str], times: StageTimes) -> tuple[float, str]:
+    """Seconds that the stages named in `after` (those run_all.sh runs after training) will
+    take, predicted from the base model's stages; and the sum written out, for the log."""
     base_t1 = times.longest["align_none"]
     base_ex = times.longest.get("explain_none", 0.0)
-    after = (n_align_after + TAIL_FACTOR) * base_t1 + n_explain_after * EXPLAIN_FACTOR * base_ex
-    left = limit_s - elapsed_s - after
-    weight = {t: float(shares.get(t, 1.0)) for t in pending}
+    n_align = sum(1 for name in after if name.startswith("align_"))
+    n_explain = sum(1 for name in after if name.startswith("explain_"))
+    rest = TAIL_FACTOR if len(after) > n_align + n_explain else 0.0
+    seconds = (n_align + rest) * base_t1 + n_explain * EXPLAIN_FACTOR * base_ex
+    return seconds, (f"{n_align} Table 1 stage(s) at {base_t1:.0f} s, {n_explain} explanation stage(s) at "
+                     f"{EXPLAIN_FACTOR:g} x {base_ex:.0f} s, the rest {rest:g} x {base_t1:.0f} s")
+
+
+def plan_seconds(limit_s: float, elapsed_s: float, after_s: float, pending: list[str], task_type: str,
+                 shares: dict[str, float], overhead_s: float) -> tuple[float, str]:
+    """The budget for `task_type` (one of `pending`, the variants not trained yet) and how it
+    was reached, for the log."""
+    left = limit_s - elapsed_s - after_s
+    weight = {t: float(per_variant(shares, "pipeline.time_shares", t, 1.0)) for t in pending}
     stage_s = left * weight[task_type] / sum(weight.values())
     budget = stage_s - overhead_s
-    why = (f"{limit_s:.0f} s limit - {elapsed_s:.0f} s elapsed - {after:.0f} s predicted after training "
-           f"({n_align_after} Table 1 stage(s) at {base_t1:.0f} s, {n_explain_after} explanation stage(s) at "
-           f"{EXPLAIN_FACTOR:g} x {base_ex:.0f} s, the rest {TAIL_FACTOR:g} x {base_t1:.0f} s) = {left:.0f} s for "
-           f"{', '.join(pending)}; {task_type}'s share {stage_s:.0f} s less {overhead_s:.0f} s outside the budget")
+    why = (f"{limit_s:.0f} s limit - {elapsed_s:.0f} s elapsed - {after_s:.0f} s predicted after training = "
+           f"{left:.0f} s for {', '.join(pending)}; {task_type}'s share {stage_s:.0f} s less {overhead_s:.0f} s "
+           "outside the budget")
     if budget < MIN_BUDGET_S:
         log.warning("pipeline.time_limit_s: only %.0f s left for %s (%s); training %.0f s, so the run will take "
                     "longer than its limit", budget, task_type, why, MIN_BUDGET_S)
@@ -126,11 +135,10 @@ def overhead_of(cfg: Config, times: StageTimes) -> float:
     return sum(seen) / len(seen) if seen else DEFAULT_OVERHEAD_S
 
 
-def deadline_budget(cfg: Config, task_type: str, started: int, now: float, force: bool = False) -> float:
-    """Seconds of ``train.time_budget_s`` for `task_type` under ``pipeline.time_limit_s`` (0: none)."""
-    from src.pipeline_plan import plan
-    from src.train import time_budget_of
-
+def deadline_budget(cfg: Config, task_type: str, started: int, now: float, after: list[str],
+                    force: bool = False) -> float:
+    """Seconds of ``train.time_budget_s`` for `task_type` under ``pipeline.time_limit_s`` (0: none);
+    `after` names the stages that run_all.sh runs after the training stages."""
     limit = cfg.pipeline.time_limit_s
     if limit <= 0:
         return 0.0
@@ -152,12 +160,11 @@ def deadline_budget(cfg: Config, task_type: str, started: int, now: float, force
                     "%s trains every record of its budget", cfg.root / "logs" / STAGE_TIMES, task_type)
         return 0.0
     pending = [t for t in trained if t == task_type or not _trained(cfg.llm_dir / t)]
-    stages = plan(cfg)
-    n_align = sum(1 for r in stages["ALIGN_RUNS"] if r.split(":")[0] in trained)
-    n_explain = sum(1 for r in stages["EXPLAIN_RUNS"] if r.split(":")[0] in trained)
-    budget, why = plan_seconds(limit, now - started, times, pending, task_type, cfg.pipeline.time_shares,
-                               n_align, n_explain, overhead_of(cfg, times))
-    log.info("pipeline.time_limit_s: %s: %.0f s of training for %s", why, budget, task_type)
+    after_s, after_why = predict_after(after, times)
+    budget, why = plan_seconds(limit, now - started, after_s, pending, task_type, cfg.pipeline.time_shares,
+                               overhead_of(cfg, times))
+    log.info("pipeline.time_limit_s: %s (after training: %s): %.0f s of training for %s", why, after_why, budget,
+             task_type)
     return budget
 
 
@@ -166,10 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     add_config_args(parser)
     parser.add_argument("--task_type", required=True)
     parser.add_argument("--started", type=int, required=True, help="run_all.sh's start, in seconds since the epoch")
+    parser.add_argument("--after", default="", help="the stages run_all.sh runs after training, space-separated")
     args, _ = parser.parse_known_args(argv)  # train.sh's own flags (--nproc) pass through
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="[deadline] %(message)s")
     try:
-        seconds = deadline_budget(config_from_args(args), args.task_type, args.started, time.time(), args.force)
+        seconds = deadline_budget(config_from_args(args), args.task_type, args.started, time.time(), args.after.split(),
+                                  args.force)
     except (ConfigError, StageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

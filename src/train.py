@@ -30,7 +30,7 @@ import torch
 
 from core.config import Config, ConfigError, add_config_args, config_from_args
 from core.stamps import current, fingerprint, write_stamp
-from src.budget import PLAN_FILE as BUDGET_FILE, plan_budget
+from src.budget import PLAN_FILE as BUDGET_FILE, plan_budget, time_budget_of, train_budget_of
 from src.data import TaskCollator, TaskDataset, filter_task_types, load_task_records, mix_tasks, subsample
 from src.model import (
     META_FILE,
@@ -248,28 +248,6 @@ def task_mix_of(cfg: Config, task_type: str) -> dict[str, float]:
                               f"({', '.join(TASK_TYPES)}), not both")
         return dict(nested.get(task_type, {}))
     return dict(mix)
-
-
-def _per_variant(per: dict[str, Any], key: str, task_type: str, default: float) -> float:
-    """`per[task_type]` of a per-variant mapping (``train.<key>``), else `default`; a key that is
-    not a variant is an error (a misspelt variant would silently get the default)."""
-    unknown = sorted(set(per) - set(TASK_TYPES))
-    if unknown:
-        raise ConfigError(f"train.{key}: unknown task type '{unknown[0]}' (known: {', '.join(TASK_TYPES)})")
-    return per.get(task_type, default)
-
-
-def train_budget_of(cfg: Config, task_type: str) -> int:
-    """Records one variant trains on: train.max_train_samples_per_type[task_type], else
-    train.max_train_samples (0 = all)."""
-    t = cfg.train
-    return int(_per_variant(t.max_train_samples_per_type, "max_train_samples_per_type", task_type,
-                            t.max_train_samples))
-
-
-def time_budget_of(cfg: Config, task_type: str) -> float:
-    """Seconds of training for one variant (``train.time_budget_s[task_type]``; 0 = no budget: src.budget)."""
-    return float(_per_variant(cfg.train.time_budget_s, "time_budget_s", task_type, 0) or 0)
 
 
 def resolve_training_dtype(cfg: Config) -> Config:

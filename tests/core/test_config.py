@@ -132,6 +132,16 @@ def test_type_errors_name_the_key() -> None:
         assert msg in str(ei.value), (ov, str(ei.value))
     # numbers written as strings in YAML are accepted where they parse
     assert load_config("configs/tiny.yaml", ["dataset.kcore='4'"]).dataset.kcore == 4
+    # ... in numeric mappings too: YAML 1.1 reads 1e-06 (Python's own spelling) as a string
+    cfg = load_config("configs/tiny.yaml", ["train.time_budget_s.both=1e-06", "eval.max_samples_per_mode.uid2next=2e2",
+                                            "pipeline.time_shares.both=5E-1"])
+    assert cfg.train.time_budget_s["both"] == pytest.approx(1e-6)
+    assert cfg.eval.max_samples_per_mode["uid2next"] == 200 and type(cfg.eval.max_samples_per_mode["uid2next"]) is int
+    assert cfg.pipeline.time_shares["both"] == 0.5
+    with pytest.raises(ConfigError, match=r"'train\.time_budget_s\.both' must be a number, got 'soon'"):
+        load_config("configs/tiny.yaml", ["train.time_budget_s.both=soon"])
+    with pytest.raises(ConfigError, match=r"'eval\.max_samples_per_mode\.uid2next' must be an integer, got 2\.5"):
+        load_config("configs/tiny.yaml", ["eval.max_samples_per_mode.uid2next=2.5e0"])
 
 
 def test_cli_args() -> None:

@@ -118,7 +118,7 @@ def test_cpu_profiles_keep_their_budget() -> None:
     assert ml.data_gen.sharegpt_replay > 0 and ml.data_gen.sharegpt_file == ""
     assert 0 < ml.explain.min_new_tokens <= ml.explain.max_new_tokens
     # a budget per variant (I and H: passes over the task-3 pairs), each below the long profile's
-    from src.train import train_budget_of
+    from src.budget import train_budget_of
     long = load_config(CONFIGS / "ml100k_long.yaml")
     assert long.root.name == "ml100k_long"
     for tt in ("behaviour", "intention", "both"):

@@ -27,7 +27,7 @@ ENTRY_MODULES = frozenset({
     "data_gen.__main__",
     "src.train", "src.merge", "src.infer_alignment", "src.infer_explan", "src.eval_explan", "src.report",
     "src.case_study", "src.ablation", "src.replay", "src.pipeline_plan", "src.show_config", "src.fetch_models",
-    "src.seeds",
+    "src.seeds", "src.deadline",
     "discriminator.data_gen", "discriminator.run_cls", "discriminator.run_reg",
 })
 

@@ -7,7 +7,7 @@ import pytest
 import src.budget as budget
 from core.config import ConfigError
 from core.utils import read_json
-from src.train import time_budget_of, train, train_fingerprint
+from src.train import train, train_fingerprint
 from tests.fixtures_llm import FakeEncoder, mixed_records, one_thread, stop_at, tiny_cfg, write_tasks  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -38,14 +38,14 @@ def test_calibration_batches_are_drawn_as_the_trainer_draws_them():
 
 def test_budget_keys_are_checked_and_only_stamped_when_set(tmp_path):
     cfg = tiny_cfg(tmp_path)
-    assert time_budget_of(cfg, "both") == 0.0
+    assert budget.time_budget_of(cfg, "both") == 0.0
     assert "train.time_budget_s" not in train_fingerprint(cfg, "both")["settings"]  # old stamps stay current
     cfg = tiny_cfg(tmp_path, "train.time_budget_s.both=600")
-    assert time_budget_of(cfg, "both") == 600 and time_budget_of(cfg, "intention") == 0
+    assert budget.time_budget_of(cfg, "both") == 600 and budget.time_budget_of(cfg, "intention") == 0
     assert train_fingerprint(cfg, "both")["settings"]["train.time_budget_s"] == 600
     assert "train.time_budget_s" not in train_fingerprint(cfg, "intention")["settings"]
     with pytest.raises(ConfigError, match="unknown task type 'bothh'"):
-        time_budget_of(tiny_cfg(tmp_path, "train.time_budget_s.bothh=600"), "both")
+        budget.time_budget_of(tiny_cfg(tmp_path, "train.time_budget_s.bothh=600"), "both")
     with pytest.raises(ConfigError, match=r"train\.time_budget_s\.both must be >= 0"):
         tiny_cfg(tmp_path, "train.time_budget_s.both=-1")
 

@@ -25,20 +25,32 @@ def _limited(tmp_path, *sets):
                     "pipeline.time_shares.intention=2", "pipeline.time_shares.both=5", *sets)
 
 
-def test_plan_seconds_by_hand():
+AFTER = ["align_behaviour", "align_intention", "align_both", "explain_behaviour", "explain_intention",
+         "explain_both", "eval_explan", "disc_data", "disc_cls", "disc_reg", "report"]
+
+
+def test_the_stages_after_training_are_predicted_from_the_base_models():
     times = deadline.StageTimes(current={}, longest={"align_none": 200.0, "explain_none": 40.0})
-    budget, why = deadline.plan_seconds(3600, 1000, times, ["behaviour", "intention", "both"], "intention",
-                                        {"behaviour": 1, "intention": 2, "both": 5}, n_align_after=3,
-                                        n_explain_after=3, overhead_s=100)
-    # after training: (3 + 1) x 200 + 3 x 1.5 x 40 = 980 s; left 3600 - 1000 - 980 = 1620 s;
-    # intention's 2 of 8 shares = 405 s of stage, less 100 s outside the budget
-    assert budget == 305 and "980 s predicted after training" in why
+    seconds, why = deadline.predict_after(AFTER, times)
+    assert seconds == (3 + 1) * 200 + 3 * 1.5 * 40  # B/I/H Table 1, the rest as one more; B/I/H explanations
+    assert "3 Table 1 stage(s) at 200 s" in why
+    assert deadline.predict_after(["align_both"], times)[0] == 200  # `--only`-like lists: nothing else
+    assert deadline.predict_after([], times)[0] == 0
+
+
+def test_plan_seconds_by_hand():
+    budget, why = deadline.plan_seconds(3600, 1000, 980, ["behaviour", "intention", "both"], "intention",
+                                        {"behaviour": 1, "intention": 2, "both": 5}, overhead_s=100)
+    # left 3600 - 1000 - 980 = 1620 s; intention's 2 of 8 shares = 405 s of stage, less 100 s
+    assert budget == 305 and "1620 s for behaviour, intention, both" in why
     # the last variant gets all that is left; a share missing from the mapping counts 1
-    budget, _ = deadline.plan_seconds(3600, 2000, times, ["both"], "both", {}, 3, 3, 100)
+    budget, _ = deadline.plan_seconds(3600, 2000, 980, ["both"], "both", {}, 100)
     assert budget == 3600 - 2000 - 980 - 100
     # a limit already spent still trains a little (and warns)
-    budget, _ = deadline.plan_seconds(3600, 3590, times, ["both"], "both", {}, 3, 3, 100)
+    budget, _ = deadline.plan_seconds(3600, 3590, 980, ["both"], "both", {}, 100)
     assert budget == deadline.MIN_BUDGET_S
+    with pytest.raises(ConfigError, match="pipeline.time_shares: unknown task type 'bothh'"):
+        deadline.plan_seconds(3600, 0, 0, ["both"], "both", {"bothh": 1}, 0)
 
 
 def test_stage_times_of_this_run_and_the_longest_of_any(tmp_path):
@@ -57,12 +69,12 @@ def test_deadline_budget_splits_what_is_left_and_learns_the_overhead(tmp_path):
     cfg = _limited(tmp_path)
     _times(cfg, ("align_none", 100), ("explain_none", 20))
     n_after = (3 + 1) * 100 + 3 * 1.5 * 20  # B/I/H Table 1 + the rest, B/I/H explanations
-    first = deadline.deadline_budget(cfg, "behaviour", START, START + 600)
+    first = deadline.deadline_budget(cfg, "behaviour", START, START + 600, AFTER)
     assert first == round((3600 - 600 - n_after) * 1 / 8 - deadline.DEFAULT_OVERHEAD_S)
     # B trained under `first` seconds and its stage took 150 s more: I's estimate uses 150
     write_json(cfg.llm_dir / "behaviour" / "meta.json", {"done": True, "time_budget": {"time_budget_s": first}})
     _times(cfg, ("train_behaviour", first + 150))
-    second = deadline.deadline_budget(cfg, "intention", START, START + 1000)
+    second = deadline.deadline_budget(cfg, "intention", START, START + 1000, AFTER)
     assert second == round((3600 - 1000 - n_after) * 2 / 7 - 150)
 
 
@@ -71,22 +83,22 @@ def test_a_planned_or_trained_variant_keeps_its_budget(tmp_path):
     _times(cfg, ("align_none", 100))
     out = cfg.llm_dir / "both"
     write_json(out / "budget.json", {"time_budget_s": 777})  # an interrupted stage: same plan on resume
-    assert deadline.deadline_budget(cfg, "both", START, START + 3000) == 777
+    assert deadline.deadline_budget(cfg, "both", START, START + 3000, AFTER) == 777
     write_json(out / "meta.json", {"done": True, "time_budget": None})  # trained without a budget
-    assert deadline.deadline_budget(cfg, "both", START, START + 3000) == 0
+    assert deadline.deadline_budget(cfg, "both", START, START + 3000, AFTER) == 0
     # --force retrains: a new plan from what is left now, shared with B and I (not trained yet)
-    assert deadline.deadline_budget(cfg, "both", START, START + 1000, force=True) == round(
-        (3600 - 1000 - 4 * 100) * 5 / 8 - deadline.DEFAULT_OVERHEAD_S)
+    assert deadline.deadline_budget(cfg, "both", START, START + 1000, AFTER, force=True) == round(
+        (3600 - 1000 - 4 * 100) * 5 / 8 - deadline.DEFAULT_OVERHEAD_S)  # no explain_none time: 0 s each
 
 
 def test_no_budget_without_a_limit_or_with_an_explicit_one(tmp_path):
-    assert deadline.deadline_budget(tiny_cfg(tmp_path, "pipeline.time_limit_s=0"), "both", START, START) == 0
+    assert deadline.deadline_budget(tiny_cfg(tmp_path, "pipeline.time_limit_s=0"), "both", START, START, AFTER) == 0
     cfg = _limited(tmp_path, "train.time_budget_s.both=123")
-    assert deadline.deadline_budget(cfg, "both", START, START) == 0  # src.train uses its own 123
+    assert deadline.deadline_budget(cfg, "both", START, START, AFTER) == 0  # src.train uses its own 123
     # `run_all.sh --only train_both` in a root where the base model never ran: no prediction
-    assert deadline.deadline_budget(_limited(tmp_path), "intention", START, START) == 0
+    assert deadline.deadline_budget(_limited(tmp_path), "intention", START, START, AFTER) == 0
     with pytest.raises(ConfigError, match="not in pipeline.train_types"):
-        deadline.deadline_budget(_limited(tmp_path, "pipeline.train_types=[both]"), "intention", START, START)
+        deadline.deadline_budget(_limited(tmp_path, "pipeline.train_types=[both]"), "intention", START, START, AFTER)
     with pytest.raises(ConfigError, match=r"pipeline\.time_limit_s must be >= 0"):
         tiny_cfg(tmp_path, "pipeline.time_limit_s=-5")
 
@@ -97,7 +109,7 @@ def test_main_prints_whole_seconds_or_nothing(tmp_path, capsys):
     conf = cfg.source_file
     sets = ["--set", f"paths.root={cfg.root}", "--set", "pipeline.time_limit_s=3600"]
     assert deadline.main(["--config", conf, *sets, "--task_type", "both", "--started", str(START),
-                          "--nproc", "2"]) == 0
+                          "--after", " ".join(AFTER), "--nproc", "2"]) == 0
     printed = capsys.readouterr().out.strip()
     assert printed.isdigit() and int(printed) > 0
     assert deadline.main(["--config", conf, "--set", f"paths.root={cfg.root}", "--set", "pipeline.time_limit_s=0",

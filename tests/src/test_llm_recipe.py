@@ -56,7 +56,8 @@ def test_mix_tasks_errors_name_the_key():
 
 
 def test_budget_and_mix_per_variant_and_their_stamps(tmp_path):
-    from src.train import train_budget_of, train_fingerprint
+    from src.budget import train_budget_of
+    from src.train import train_fingerprint
 
     mixes = "train.task_mix={intention: {uidiid2binary: 1}, both: {uid2next: 1}}"
     cfg = tiny_cfg(tmp_path, "train.max_train_samples=10", "train.max_train_samples_per_type={intention: 30}", mixes)
