@@ -15,12 +15,21 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_rows_within_keeps_the_longest_prefix_that_fits():
     lengths = [10, 20, 30, 40]
-    assert budget.rows_within(lengths, 60, 1.0, 1) == 3  # 10+20+30 = 60 fits, +40 does not
-    assert budget.rows_within(lengths, 59, 1.0, 1) == 2
-    assert budget.rows_within(lengths, 60, 2.0, 1) == 2  # two passes: 30 tokens a pass
-    assert budget.rows_within(lengths, 5, 1.0, 3) == 3  # at least one optimizer step's rows
-    assert budget.rows_within(lengths, 1e9, 1.0, 1) == 4
-    assert budget.rows_within(lengths, 5, 1.0, 9) == 4  # never more rows than there are
+
+    def within(seconds, epochs=1.0, min_rows=1, step_s=0.0, rows_per_step=1):
+        return budget.rows_within(lengths, seconds, 1.0, step_s, rows_per_step, epochs, min_rows)
+
+    assert within(60) == 3  # 10+20+30 = 60 token-seconds fit, +40 does not
+    assert within(59) == 2
+    assert within(60, epochs=2.0) == 2  # two passes: 30 a pass
+    assert within(5, min_rows=3) == 3  # at least one optimizer step's rows
+    assert within(1e9) == 4
+    assert within(5, min_rows=9) == 4  # never more rows than there are
+    # optimizer steps cost too: 2 rows a step at 5 s; 3 rows = 60 tokens + 2 steps = 70 s
+    assert within(70, step_s=5, rows_per_step=2) == 3
+    assert within(69, step_s=5, rows_per_step=2) == 2  # 30 tokens + 1 step = 35 s
+    assert budget.rows_within(lengths, 40, 0.5, 5, 2, 1.0, 1) == 3  # 60 tokens at 0.5 s + 2 steps at 5 s
+    assert budget.rows_within(lengths, 39, 0.5, 5, 2, 1.0, 1) == 2
 
 
 def test_calibration_batches_are_drawn_as_the_trainer_draws_them():
@@ -50,7 +59,7 @@ def test_budget_keys_are_checked_and_only_stamped_when_set(tmp_path):
         tiny_cfg(tmp_path, "train.time_budget_s.both=-1")
 
 
-def test_seconds_per_token_leaves_the_weights_and_gradients_untouched(tmp_path):
+def test_measuring_leaves_the_weights_and_gradients_untouched(tmp_path):
     import torch
 
     from src.data import TaskCollator, TaskDataset
@@ -63,8 +72,12 @@ def test_seconds_per_token_leaves_the_weights_and_gradients_untouched(tmp_path):
     spt = budget.seconds_per_token(model, ds, TaskCollator(tok.pad_token_id, cfg.recmodel.max_seq_len), cfg,
                                    torch.device("cpu"))
     assert 0 < spt < 1
+    step_s = budget.seconds_per_step(model, cfg, torch.device("cpu"))
+    assert 0 < step_s < 1
     assert all(p.grad is None for p in model.parameters())
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+    assert budget.seconds_per_step(model, tiny_cfg(tmp_path, "train.deepspeed=configs/deepspeed/zero2.json"),
+                                   torch.device("cpu")) == 0  # not timed: ZeRO partitions the state
 
 
 def _budget_cfg(tmp_path, seconds, *extra):
@@ -77,6 +90,7 @@ def _budget_cfg(tmp_path, seconds, *extra):
 
 def test_budget_sizes_the_run_records_it_and_a_resume_keeps_the_plan(tmp_path, monkeypatch):
     monkeypatch.setattr(budget, "seconds_per_token", lambda *a, **k: 0.001)  # 1,000 tokens a second
+    monkeypatch.setattr(budget, "seconds_per_step", lambda *a, **k: 0.0)
     cfg = _budget_cfg(tmp_path, 0.5)  # 500 tokens
     enc = FakeEncoder()
     out = train(cfg, "behaviour", rec_encoder=enc, callbacks=[stop_at(2)])  # killed after step 2
@@ -89,6 +103,7 @@ def test_budget_sizes_the_run_records_it_and_a_resume_keeps_the_plan(tmp_path, m
         raise AssertionError("measured again")
 
     monkeypatch.setattr(budget, "seconds_per_token", no_measure)
+    monkeypatch.setattr(budget, "seconds_per_step", no_measure)
     (out / "meta.json").unlink(missing_ok=True)
     train(cfg, "behaviour", rec_encoder=enc)
     meta = read_json(out / "meta.json")
@@ -99,6 +114,7 @@ def test_budget_sizes_the_run_records_it_and_a_resume_keeps_the_plan(tmp_path, m
 
     # --force measures afresh; a budget that fits everything keeps every row, one too small one step's worth
     monkeypatch.setattr(budget, "seconds_per_token", lambda *a, **k: 1e-9)
+    monkeypatch.setattr(budget, "seconds_per_step", lambda *a, **k: 0.0)
     train(cfg, "behaviour", rec_encoder=enc, force=True)
     assert read_json(out / "meta.json")["time_budget"]["rows_kept"] == 40
     small = _budget_cfg(tmp_path / "small", 0.001, "train.max_eval_samples=2")
