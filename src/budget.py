@@ -140,10 +140,11 @@ def seconds_per_step(model: Any, cfg: Config, device: torch.device, repeats: int
     trainable weights), which forward+backward does not include.
 
     WHY: with the embedding and LM head trained beside LoRA (``llm.lora.modules_to_save``) that
-    is 30M weights for SmolLM2, and leaving it out made H's 198 steps run 27% over their plan
-    (232 tokens/s against 294 measured). Timed at learning rate 0 on zero gradients, so the
-    weights stay exactly as they were; the optimizer state is thrown away. Not timed under
-    DeepSpeed (ZeRO partitions that state, and a full copy of a 7B model's would not fit).
+    is 30M weights for SmolLM2 (0.09 s a step on 2 AVX-512 cores: ~18 s over RecExplainer-H's
+    ~200 steps), and with full fine-tuning every weight. Timed at learning rate 0 on zero
+    gradients, so the weights stay exactly as they were; the optimizer state is thrown away. Not
+    timed under DeepSpeed (ZeRO partitions that state, and a full copy of a 7B model's would
+    not fit).
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params or cfg.train.deepspeed:
