@@ -37,7 +37,7 @@ from pathlib import Path
 
 from core.config import Config, ConfigError, add_config_args, config_from_args
 from core.utils import StageError, read_json
-from src.budget import per_variant, time_budget_of
+from src.budget import PLAN_FILE, per_variant, time_budget_of
 
 log = logging.getLogger(__name__)
 
@@ -81,16 +81,19 @@ def read_stage_times(path: Path, started: int) -> StageTimes:
     return StageTimes(current, longest)
 
 
-def _trained(out: Path) -> bool:
-    meta = out / "meta.json"
-    return meta.is_file() and bool(read_json(meta, "trained model metadata").get("done"))
+def _meta(out: Path) -> dict | None:
+    """A finished model's meta.json, else None."""
+    path = out / "meta.json"
+    meta = read_json(path, "trained model metadata") if path.is_file() else {}
+    return meta if meta.get("done") else None
 
 
 def _recorded_budget(out: Path) -> float | None:
     """The budget a variant was trained (or is being trained) under, if any."""
-    if _trained(out):
-        return float((read_json(out / "meta.json").get("time_budget") or {}).get("time_budget_s") or 0)
-    plan = out / "budget.json"
+    meta = _meta(out)
+    if meta is not None:
+        return float((meta.get("time_budget") or {}).get("time_budget_s") or 0)
+    plan = out / PLAN_FILE
     if plan.is_file():
         return float(read_json(plan, "training budget plan").get("time_budget_s") or 0)
     return None
@@ -162,7 +165,7 @@ def deadline_budget(cfg: Config, task_type: str, started: int, now: float, after
                     "which run_all.sh runs before training), so the stages after training cannot be predicted: "
                     "%s trains every record of its budget", cfg.root / "logs" / STAGE_TIMES, task_type)
         return 0.0
-    pending = [t for t in trained if t == task_type or not _trained(cfg.llm_dir / t)]
+    pending = [t for t in trained if t == task_type or _meta(cfg.llm_dir / t) is None]
     after_s, after_why = predict_after(after, times)
     budget, why = plan_seconds(limit, now - started, after_s, pending, task_type, cfg.pipeline.time_shares,
                                overhead_of(cfg, times))
