@@ -32,7 +32,8 @@ AFTER = ["align_behaviour", "align_intention", "align_both", "explain_behaviour"
 def test_the_stages_after_training_are_predicted_from_the_base_models():
     times = deadline.StageTimes(current={}, longest={"align_none": 200.0, "explain_none": 40.0})
     seconds, why = deadline.predict_after(AFTER, times)
-    assert seconds == (3 * 1.25 + 1) * 200 + 3 * 1.5 * 40  # B/I/H Table 1, the rest as one more; explanations
+    # B/I/H Table 1, B/I/H explanations at 0.4 of it, the rest as one more (explain_none is not used)
+    assert seconds == pytest.approx((3 * 1.25 + 3 * 0.4 + 1) * 200)
     assert "3 Table 1 stage(s) at 1.25 x 200 s" in why
     assert deadline.predict_after(["align_both"], times)[0] == 250  # `--only`-like lists: nothing else
     assert deadline.predict_after([], times)[0] == 0
@@ -68,7 +69,7 @@ def test_stage_times_of_this_run_and_the_longest_of_any(tmp_path):
 def test_deadline_budget_splits_what_is_left_and_learns_the_overhead(tmp_path):
     cfg = _limited(tmp_path)
     _times(cfg, ("align_none", 100), ("explain_none", 20))
-    n_after = (3 * 1.25 + 1) * 100 + 3 * 1.5 * 20  # B/I/H Table 1 + the rest, B/I/H explanations
+    n_after = (3 * 1.25 + 3 * 0.4 + 1) * 100  # B/I/H Table 1 and explanations, the rest
     first = deadline.deadline_budget(cfg, "behaviour", START, START + 600, AFTER)
     assert first == round((3600 - 600 - n_after) * 1 / 8 - deadline.DEFAULT_OVERHEAD_S)
     # B trained under `first` seconds and its stage took 150 s more: I's estimate uses 150
@@ -88,7 +89,7 @@ def test_a_planned_or_trained_variant_keeps_its_budget(tmp_path):
     assert deadline.deadline_budget(cfg, "both", START, START + 3000, AFTER) == 0
     # --force retrains: a new plan from what is left now, shared with B and I (not trained yet)
     assert deadline.deadline_budget(cfg, "both", START, START + 1000, AFTER, force=True) == round(
-        (3600 - 1000 - 4.75 * 100) * 5 / 8 - deadline.DEFAULT_OVERHEAD_S)  # no explain_none time: 0 s each
+        (3600 - 1000 - 5.95 * 100) * 5 / 8 - deadline.DEFAULT_OVERHEAD_S)
 
 
 def test_no_budget_without_a_limit_or_with_an_explicit_one(tmp_path):

@@ -101,6 +101,8 @@ def test_prealign_moves_projectors_onto_title_embeddings(tmp_path):
             return torch.nn.functional.mse_loss(fresh.item_proj(fresh.encoder.encode_items(iids).float()), target).item()
 
     before = err()
+    titles_only = make_records(read_sequences(cfg), "text", "train")  # RecExplainer-B's records
+    assert prealign_projectors(fresh, tok, cfg, titles_only) == {} and err() == before
     counts = prealign_projectors(fresh, tok, cfg, recs)
     assert counts["items"] == len(titles) - 1 and 0 < counts["users"] <= len(uid2next)
     assert err() < 0.5 * before
