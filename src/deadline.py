@@ -46,11 +46,11 @@ STAGE_TIMES = "stage_times.tsv"
 #: models (221 / 125 / 205 s against 205), 0.8-1.5 for ones the limit cut short (B / I / H 298 /
 #: 180 / 322 s against 216: a barely trained model writes to the token limit); the mean of those
 ALIGN_FACTOR = 1.25
-#: an aligned model's explanation stage against the base model's *Table 1* stage: 0.31-0.34 in two
-#: runs on an AVX-512-BF16 machine (66-78 s against 216 and 231 s). Not against the base model's
-#: explanation stage: that one is short enough for the machine's moods to swing it (46 s in one
-#: run, 84 in the next, for the same prompts), and 1.5x of it over-predicted the three stages by
-#: 170 s, time the limit took from training
+#: an aligned model's explanation stage against the base model's *Table 1* stage: 0.29-0.34 in three
+#: runs on an AVX-512-BF16 machine (61-78 s against 208-231 s). Not against the base model's
+#: explanation stage: that one is short enough for the machine's moods to swing it (44-84 s
+#: between runs for the same prompts), and 1.5x of it over-predicted the three stages by 170 s
+#: in one run, time the limit took from training
 EXPLAIN_FACTOR = 0.4
 #: explanation scoring + discriminators + report, in base-model Table 1 stages (0.84 / 1.2 measured)
 TAIL_FACTOR = 1.0
