@@ -118,7 +118,8 @@ pipeline() {
   stage replay           bash $S/replay.sh "$CONFIG"
   stage task_data        bash $S/recexplainer_data_pipeline.sh "$CONFIG"
   # the base model's (and API methods') Table 1 and explanations need no training: they run
-  # first, and their times tell src.deadline how long the trained variants' will take
+  # first, and the base Table 1 stage's time tells src.deadline how long the stages after
+  # training will take
   align_runs base
   explain_runs base
   for tt in $TRAIN_TYPES; do
