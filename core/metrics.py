@@ -84,6 +84,10 @@ def ci95(values: Sequence[float]) -> list[float]:
     Scores that are all 0/1 (hits, accuracy) get the Wilson score interval, which stays
     inside [0, 1] and is honest at 0 or 1 successes; graded scores (NDCG, coverage) get
     the Student-t interval of the mean. One sample, or none, gives [nan, nan].
+
+    Scores that all lie in [0, 1] get an interval inside [0, 1]: a t-interval around a small
+    NDCG with a few nonzero values reaches below 0 (a probe's 0.037 gave [-0.016, 0.090]),
+    and cutting it at the bounds the mean cannot cross keeps its coverage.
     """
     vals = [float(v) for v in values]
     n = len(vals)
@@ -95,11 +99,16 @@ def ci95(values: Sequence[float]) -> list[float]:
         denom = 1 + z * z / n
         centre = (mean + z * z / (2 * n)) / denom
         half = z * math.sqrt(mean * (1 - mean) / n + z * z / (4 * n * n)) / denom
-        return [max(0.0, centre - half), min(1.0, centre + half)]
+        # at 0 (or n) successes the bound is exactly 0 (1); the formula leaves ~1e-18
+        lo = 0.0 if mean == 0.0 else max(0.0, centre - half)
+        hi = 1.0 if mean == 1.0 else min(1.0, centre + half)
+        return [lo, hi]
     from scipy.stats import t as student_t
 
     sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
     half = float(student_t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    if all(0.0 <= v <= 1.0 for v in vals):
+        return [max(0.0, mean - half), min(1.0, mean + half)]
     return [mean - half, mean + half]
 
 

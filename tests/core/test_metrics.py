@@ -132,6 +132,16 @@ def test_ci95_wilson_for_hits_and_student_t_for_graded_scores():
     lo, hi = ci95([0, 1, 0.5, 0.5, 0, 1, 0.5, 0.5])
     assert (lo + hi) / 2 == pytest.approx(0.5) and hi - 0.5 == pytest.approx(2.3646 * 0.37796 / math.sqrt(8), abs=1e-3)
     assert all(math.isnan(v) for v in ci95([1.0]))
+    # no hits / every hit: the bound at the mean is exactly 0 / 1
+    assert ci95([0.0] * 50)[0] == 0.0 and ci95([1.0] * 50)[1] == 1.0
+    # graded scores in [0, 1] near 0 (one NDCG of 0.5 and two of 0.2 in 24, mean 0.0375): the
+    # t-interval's lower end (-0.010) is cut at 0, its upper end (0.085) kept
+    lo, hi = ci95([0.5, 0.2, 0.2] + [0.0] * 21)
+    sd = math.sqrt((0.5 ** 2 + 2 * 0.2 ** 2 - 24 * 0.0375 ** 2) / 23)
+    assert lo == 0.0 and hi == pytest.approx(0.0375 + 2.0687 * sd / math.sqrt(24), abs=1e-3)
+    # scores outside [0, 1] keep the plain t-interval
+    lo, hi = ci95([-1.0, 1.0, -1.0, 1.0])
+    assert lo < -1.0 and hi > 1.0
     rows = [{"answer": "Yes", "pred": "Yes"}] * 3 + [{"answer": "Yes", "pred": "No"}]
     m = compute_metrics("uidiid2binary", rows)
     assert m["acc"] == 0.75 and m["n"] == 4 and len(m["ci95"]["acc"]) == 2
