@@ -434,6 +434,11 @@ class DiscriminatorConfig:
     warmup_ratio: float = 0.1
     #: regression targets are standardised for training (MSE is reported in raw score units)
     reg_standardize: bool = True
+    #: 0: Table 3 on the paper's one train/test split. K >= 2: K-fold cross-fitting over the
+    #: train and test pairs together, every pair scored by a predictor not trained on it
+    #: (K fine-tunings per method): the whole set as test pairs, for runs whose test split
+    #: holds a few dozen (the CPU profiles' 16)
+    reg_folds: int = 0
     #: keep the fine-tuned classifier / regressors under discriminator/{cls,reg}/model*
     save_model: bool = False
     #: cpu | cuda | auto

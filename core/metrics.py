@@ -422,10 +422,14 @@ def classification_metrics(y_true: list[int], y_pred: list[int], names: list[str
     }
 
 
-def regression_metrics(y_true: Any, pred: Any, train_mean: float, seed: int = 0,
+def regression_metrics(y_true: Any, pred: Any, train_mean: float | Sequence[float], seed: int = 0,
                        resamples: int = 2000) -> dict[str, Any]:
     """Score predictor: test MSE, the MSE of always predicting the train mean, their ratio,
     Pearson r, and a 95% interval for the ratio and for r.
+
+    `train_mean` is one value, or one per pair where each pair was predicted by a model
+    fitted on its own training part (cross-fitting: the text-blind predictor of a pair is the
+    mean of the part its predictor saw).
 
     Table 3 is read as "how far below the mean predictor" on a few dozen test pairs, so the
     ratio needs its own interval: a paired percentile bootstrap over the test pairs (both
@@ -440,8 +444,9 @@ def regression_metrics(y_true: Any, pred: Any, train_mean: float, seed: int = 0,
 
     y = np.asarray(y_true, dtype=float)
     p = np.asarray(pred, dtype=float)
+    m = np.broadcast_to(np.asarray(train_mean, dtype=float), y.shape)
     mse = float(mean_squared_error(y, p))
-    base = float(mean_squared_error(y, np.full_like(y, train_mean)))
+    base = float(mean_squared_error(y, m))
     nan2 = [math.nan, math.nan]
     out: dict[str, Any] = {"mse": mse, "baseline_mse": base, "mse_ratio": mse / base if base > 0 else math.nan,
                            "mse_ratio_ci95": nan2, "pearson": None, "pearson_ci95": nan2}
@@ -454,11 +459,11 @@ def regression_metrics(y_true: Any, pred: Any, train_mean: float, seed: int = 0,
     if len(y) < 4 or base <= 0:
         return out
 
-    def ratio(a: Any, b: Any, axis: int = -1) -> Any:
+    def ratio(a: Any, b: Any, c: Any, axis: int = -1) -> Any:
         with np.errstate(divide="ignore", invalid="ignore"):
-            return np.mean((a - b) ** 2, axis=axis) / np.mean((a - train_mean) ** 2, axis=axis)
+            return np.mean((a - b) ** 2, axis=axis) / np.mean((a - c) ** 2, axis=axis)
 
-    boot = stats.bootstrap((y, p), ratio, paired=True, vectorized=True, n_resamples=resamples,
+    boot = stats.bootstrap((y, p, np.array(m)), ratio, paired=True, vectorized=True, n_resamples=resamples,
                            confidence_level=0.95, method="percentile", rng=np.random.default_rng(seed))
     out["mse_ratio_ci95"] = [float(boot.confidence_interval.low), float(boot.confidence_interval.high)]
     return out

@@ -31,11 +31,12 @@ def _require(paths: tuple[Path, ...]) -> None:
         raise StageError(f"missing discriminator data {missing[0]} (written by python -m discriminator.data_gen; run it first)")
 
 
-def model_fingerprint(cfg: Config, *paths: Path) -> dict[str, Any]:
+def model_fingerprint(cfg: Config, *paths: Path, extra_keys: tuple[str, ...] = ()) -> dict[str, Any]:
     """The fingerprint of a model fine-tuned on the data files `paths`: their digests and
-    the training settings, so that a changed lr or encoder retrains instead of reusing."""
+    the training settings (+ `extra_keys`), so that a changed lr or encoder retrains instead
+    of reusing."""
     _require(paths)
-    return fingerprint(cfg, TRAINING_KEYS, paths, base=cfg.root)
+    return fingerprint(cfg, TRAINING_KEYS + tuple(extra_keys), paths, base=cfg.root)
 
 
 def reusable(metrics_path: Path, fp: dict[str, Any], force: bool) -> dict[str, Any] | None:

@@ -196,3 +196,21 @@ def test_regression_metrics_ratio_and_intervals_on_a_hand_made_case():
     # too few pairs for an interval: the point values stay, the intervals are nan
     few = regression_metrics([1, 2, 3], [1, 2, 4], 2.0)
     assert few["mse"] == pytest.approx(1 / 3) and all(math.isnan(v) for v in few["mse_ratio_ci95"] + few["pearson_ci95"])
+
+
+def test_regression_metrics_with_a_mean_per_pair():
+    """Cross-fitting: each pair's text-blind predictor is the mean of its own fold's training part."""
+    from core.metrics import regression_metrics
+
+    y = [1, 2, 3, 4, 5, 6, 7, 8]
+    pred = [2, 2, 3, 5, 5, 6, 8, 8]
+    means = [4.0] * 4 + [5.0] * 4
+    m = regression_metrics(y, pred, means)
+    # (3^2 + 2^2 + 1^2 + 0^2 + 0^2 + 1^2 + 2^2 + 3^2) / 8 = 28 / 8
+    assert m["baseline_mse"] == pytest.approx(3.5) and m["mse_ratio"] == pytest.approx(0.375 / 3.5)
+    lo, hi = m["mse_ratio_ci95"]
+    assert 0 <= lo <= m["mse_ratio"] <= hi < 1
+    # one value repeated is the scalar case, interval included (the same resamples)
+    assert regression_metrics(y, pred, [4.5] * 8) == regression_metrics(y, pred, 4.5)
+    # each pair's own mean, resampled with it: predicting exactly those means is 1x on every resample
+    assert regression_metrics(y, means, means)["mse_ratio_ci95"] == pytest.approx([1.0, 1.0])

@@ -10,7 +10,7 @@ import random
 import pytest
 
 from discriminator import data_gen, run_cls, run_reg
-from core.utils import read_json, read_jsonl, write_json
+from core.utils import StageError, read_json, read_jsonl, write_json
 from tests.fixtures_explan import make_tiny_bert, tiny_cfg
 
 # each method has its own vocabulary (the classifier's signal); the score is written in words
@@ -133,3 +133,35 @@ def test_classifier_and_regressor_learn_separable_toy_set(cfg, capsys, caplog):
     assert "discriminator.lr: " in caplog.text and "retraining" in caplog.text
     assert r2["fingerprint"]["settings"]["discriminator.lr"] == cfg.discriminator.lr * 2
     assert read_json(run_reg.out_dir(cfg) / "metrics_both.json")["fingerprint"] == r2["fingerprint"]
+
+
+def test_score_predictor_cross_fitted_scores_every_pair_once(cfg, caplog):
+    data_gen.build(cfg)
+    dd = data_gen.data_dir(cfg)
+    pairs = {r["id"] for part in ("train", "test") for r in read_jsonl(dd / f"reg_both_{part}.jsonl")}
+    one = run_reg.run(cfg, ["both"])["both"]
+    assert one["folds"] == 0 and one["n_test"] < len(pairs)
+    assert "discriminator.reg_folds" not in one["fingerprint"]["settings"]  # a single split's cache stays valid
+    k3 = dataclasses.replace(cfg, discriminator=dataclasses.replace(cfg.discriminator, reg_folds=3))
+    with caplog.at_level(logging.INFO, logger="discriminator.files"):
+        res = run_reg.run(k3, ["both", "none"])
+    assert "discriminator.reg_folds" in caplog.text and "retraining" in caplog.text  # not the single split's numbers
+    r = res["both"]
+    assert r["folds"] == 3 and r["n_test"] == len(pairs) and r["n_train"] == len(pairs) - len(pairs) // 3
+    rows = read_jsonl(run_reg.out_dir(cfg) / "pred_both.jsonl")
+    assert sorted(x["id"] for x in rows) == sorted(pairs)  # every pair scored exactly once
+    assert sorted({x["fold"] for x in rows}) == [0, 1, 2]
+    by_id = {x["id"]: x["fold"] for x in rows}
+    none_rows = read_jsonl(run_reg.out_dir(cfg) / "pred_none.jsonl")
+    assert all(by_id[x["id"]] == x["fold"] for x in none_rows)  # the same folds for every method
+    for k in range(3):
+        # a fold's text-blind predictor is the mean of the pairs outside it
+        outside = [x["score"] for x in rows if x["fold"] != k]
+        assert all(x["train_mean"] == pytest.approx(sum(outside) / len(outside)) for x in rows if x["fold"] == k)
+    assert r["mse"] < 0.5 * r["baseline_mse"] and res["none"]["folds"] == 3
+    table = (cfg.tables_dir / "table3.md").read_text()
+    assert "Cross-fitted (discriminator.reg_folds = 3)" in table and f"| {len(pairs)} |" in table
+    assert run_reg.run(k3, ["both"])["both"] == r  # cached under its own fingerprint
+    bad = dataclasses.replace(cfg, discriminator=dataclasses.replace(cfg.discriminator, reg_folds=1))
+    with pytest.raises(StageError, match=r"discriminator.reg_folds=1: expected 0 .* or 2 to \d+"):
+        run_reg.run(bad, ["both"])
