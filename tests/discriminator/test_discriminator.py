@@ -7,6 +7,7 @@ import json
 import logging
 import random
 
+import numpy as np
 import pytest
 
 from discriminator import data_gen, run_cls, run_reg
@@ -165,3 +166,15 @@ def test_score_predictor_cross_fitted_scores_every_pair_once(cfg, caplog):
     bad = dataclasses.replace(cfg, discriminator=dataclasses.replace(cfg.discriminator, reg_folds=1))
     with pytest.raises(StageError, match=r"discriminator.reg_folds=1: expected 0 .* or 2 to \d+"):
         run_reg.run(bad, ["both"])
+
+
+def test_decision_only_bench_predicts_each_group_by_the_other_folds():
+    from bench.table3_decision_only import cross_fitted_group_means
+
+    y = np.array([2.0, 4.0, -2.0, -4.0, 3.0, -3.0])
+    groups = ["Yes", "Yes", "No", "No", "Yes", None]
+    fold = np.array([0, 1, 0, 1, 0, 1])
+    pred, base = cross_fitted_group_means(y, groups, fold)
+    # fold 0 is predicted from fold 1 (4, -4, -3): Yes -> 4, No -> -4; fold 1 from fold 0 (2, -2, 3)
+    assert pred.tolist() == [4.0, 2.5, -4.0, -2.0, 4.0, 1.0]  # the last: None absent from fold 0 -> its mean
+    assert base.tolist() == pytest.approx([-1.0, 1.0, -1.0, 1.0, -1.0, 1.0])
