@@ -383,10 +383,21 @@ def rating_summary(ratings: Sequence[int | None]) -> dict[str, Any]:
 
 def decision_summary(explanations: Sequence[str], labels: Sequence[str]) -> dict[str, Any]:
     """Share of explanations whose first decision phrase matches the label (undecided = wrong),
-    with its Wilson 95% interval (Table 2 rates a few dozen prompts per method)."""
+    with its Wilson 95% interval (Table 2 rates a few dozen prompts per method), and the same
+    share within each label (sklearn's per-label recall, undecided = a miss).
+
+    WHY per label: Table 2's prompts are half positive, so an explainer that always says "Yes"
+    agrees with half of them (0.5, against the unaligned model's ~0.03, which mostly decides
+    nothing) while reading nothing of the recommender; its per-label shares, 1.0 / 0.0, say so.
+    """
+    from sklearn.metrics import recall_score
+
     decisions = [decision_of(t) for t in explanations]
+    truth = [normalise_label(lab) for lab in labels]
     n = len(decisions)
-    hits = [1.0 if d is not None and d == normalise_label(lab) else 0.0 for d, lab in zip(decisions, labels)]
+    hits = [1.0 if d is not None and d == t else 0.0 for d, t in zip(decisions, truth)]
+    per_label = (recall_score(truth, [d or "undecided" for d in decisions], labels=["Yes", "No"], average=None,
+                              zero_division=0.0).tolist() if n else [None, None])
     agree = int(sum(hits))
     undecided = sum(1 for d in decisions if d is None)
     return {
@@ -398,6 +409,9 @@ def decision_summary(explanations: Sequence[str], labels: Sequence[str]) -> dict
         "undecided_share": undecided / n if n else None,
         "said_yes": sum(1 for d in decisions if d == "Yes"),
         "said_no": sum(1 for d in decisions if d == "No"),
+        #: agreement on the prompts labelled Yes / No (None where a label has no prompt)
+        "agreement_on_yes": per_label[0] if "Yes" in truth else None,
+        "agreement_on_no": per_label[1] if "No" in truth else None,
     }
 
 

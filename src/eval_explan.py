@@ -309,7 +309,8 @@ def _fmt(x: Any, digits: int = 4) -> str:
 
 TABLE2_COLUMNS = [
     "Method", "Judge mean (0-3)", "n rated", "RATING-0", "RATING-1", "RATING-2", "RATING-3",
-    "unparseable (first / final)", "Decision = label (rule) [95% CI]", "undecided", "distinct-2", "repetitive",
+    "unparseable (first / final)", "Decision = label (rule) [95% CI]", "on Yes / No labels", "undecided",
+    "distinct-2", "repetitive",
 ]
 
 
@@ -323,7 +324,8 @@ def table2_rows(summary: dict[str, Any]) -> list[list[str]]:
             s["display"], _fmt(j["mean"]) + partial, f"{j['n_rated']}/{s['n']}",
             *[(_fmt(shares[str(r)], 3) if j["n_rated"] else "-") for r in range(4)],
             f"{j['unparseable_first']} / {j['unparseable_final']}" if j["n_judged"] else "-",
-            with_interval(d["agreement"], d.get("agreement_ci95")), _fmt(d["undecided_share"], 3),
+            with_interval(d["agreement"], d.get("agreement_ci95")),
+            f"{_fmt(d.get('agreement_on_yes'), 2)} / {_fmt(d.get('agreement_on_no'), 2)}", _fmt(d["undecided_share"], 3),
             _fmt(s.get("fluency", {}).get("distinct2_mean"), 3), _fmt(s.get("fluency", {}).get("degenerate_share"), 3),
         ])
     return out
@@ -337,7 +339,9 @@ def render_table2(summary: dict[str, Any]) -> tuple[str, str]:
         f"Table 2. Explanation quality on the {summary['split']} prompts. Judge: "
         f"{j['model'] or 'none'} ({j['status']}); the paper's judge was GPT-4. RATING columns are "
         "shares of rated answers; 'Decision = label (rule)' is the deterministic check (first "
-        "yes/no phrase of the explanation vs the label; Wilson 95% interval), no LLM involved; 'distinct-2' is the mean "
+        "yes/no phrase of the explanation vs the label; Wilson 95% interval), no LLM involved, and 'on Yes / No "
+        "labels' the same within each label (an explainer that always says Yes: 1.00 / 0.00, agreeing with "
+        "every Yes-labelled prompt); 'distinct-2' is the mean "
         "share of distinct word bigrams per explanation and 'repetitive' the share below "
         f"{DEGENERATE_BELOW} (degenerate repetition)."
     )

@@ -76,7 +76,8 @@ def test_without_endpoint_reports_decision_check_and_skips_judge(tmp_path, capsy
     assert "Table 2" in out and "RecExplainer-H" in out and "skipped" in out
     table = (cfg.tables_dir / "table2.md").read_text()
     assert "| RecExplainer-H | - | 0/4 |" in table
-    assert "0.500 [0.15, 0.85]" in table  # 2 of 4 agree, with its Wilson interval
+    assert "0.500 [0.15, 0.85] | 0.50 / 0.50 |" in table  # 2 of 4 agree (Wilson interval), one per label
+    assert "| 1.000 [0.51, 1.00] | 1.00 / 1.00 |" in table and "on Yes / No labels" in table
     assert not list(cfg.judge_dir.glob("*.jsonl"))
 
 
@@ -101,7 +102,7 @@ def test_judge_end_to_end_with_cache(tmp_path, monkeypatch, capsys):
         assert both["counts"] == {"0": 0, "1": 1, "2": 1, "3": 2} and both["mean"] == pytest.approx(2.25)
         assert none["unparseable_first"] == 1 and none["unparseable_final"] == 0
         table = (cfg.tables_dir / "table2.md").read_text()
-        assert "| RecExplainer-H | 2.2500 | 4/4 | 0.000 | 0.250 | 0.250 | 0.500 | 1 / 0 | 1.000 [0.51, 1.00] | 0.000 |" in table
+        assert "| RecExplainer-H | 2.2500 | 4/4 | 0.000 | 0.250 | 0.250 | 0.500 | 1 / 0 | 1.000 [0.51, 1.00] | 1.00 / 1.00 | 0.000 |" in table
         assert "local-judge" in table and "GPT-4" in table
         csv_lines = (cfg.tables_dir / "table2.csv").read_text().splitlines()
         assert csv_lines[0].startswith("Method,Judge mean") and len(csv_lines) == 3

@@ -96,6 +96,12 @@ def test_summaries():
     assert d["agreement"] == 0.25
     # Wilson interval of 1 agreement in 4 (textbook: [0.046, 0.699])
     assert d["agreement_ci95"] == pytest.approx([0.0456, 0.6994], abs=1e-4)
+    # per label: of the two Yes-labelled prompts one says Yes; of the two No-labelled, none says No
+    assert (d["agreement_on_yes"], d["agreement_on_no"]) == (0.5, 0.0)
+    # an explainer that always says Yes agrees with half of a balanced set and reads nothing
+    always = decision_summary(["Yes."] * 4, ["Yes", "No", "Yes", "No"])
+    assert always["agreement"] == 0.5 and (always["agreement_on_yes"], always["agreement_on_no"]) == (1.0, 0.0)
+    assert decision_summary(["Yes."], ["Yes"])["agreement_on_no"] is None  # no No-labelled prompt
 
 
 def test_judge_prompt_is_appendix_a():
