@@ -41,14 +41,13 @@ from discriminator.run_reg import fold_of  # noqa: E402
 def cross_fitted_group_means(y: np.ndarray, groups: list, fold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each pair's prediction: the mean score of its group in the other folds (the other
     folds' mean where its group is absent there), and that mean itself (the baseline)."""
+    g = np.array(groups, dtype=object)
     pred, base = np.empty(len(y)), np.empty(len(y))
     for k in np.unique(fold):
-        fit = fold != k
-        mean = float(y[fit].mean())
-        by_group = {g: float(y[fit & np.array([h == g for h in groups])].mean())
-                    for g in {groups[j] for j in np.flatnonzero(fit)}}
-        for i in np.flatnonzero(fold == k):
-            pred[i], base[i] = by_group.get(groups[i], mean), mean
+        fit, held = fold != k, np.flatnonzero(fold == k)
+        base[held] = y[fit].mean()
+        by_group = {v: y[fit & (g == v)].mean() for v in set(g[fit])}
+        pred[held] = [by_group.get(v, base[held[0]]) for v in g[held]]
     return pred, base
 
 
